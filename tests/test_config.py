@@ -1,0 +1,46 @@
+import pytest
+from pydantic import ValidationError
+
+from vegan.config import PipelineConfig, load_config, parse_overrides, stage_keys
+
+
+def test_changing_a_stage_rekeys_only_it_and_downstream():
+    base = stage_keys(load_config("tiny"))
+    changed = stage_keys(load_config("tiny", overrides=["ot.lr=0.05"]))
+    assert [s for s in base if base[s] == changed[s]] == ["ae", "latents"]
+    assert all(changed[s] != base[s] for s in ("ot", "generate", "gan", "eval"))
+
+
+def test_execution_only_fields_do_not_change_keys():
+    a = stage_keys(load_config("tiny"))
+    b = stage_keys(load_config("tiny", overrides=["ot.dask=local", "ae.device=cpu", "ae.checkpoint_every=7"]))
+    assert a == b
+
+
+def test_data_change_rekeys_everything():
+    a = stage_keys(load_config("tiny"))
+    b = stage_keys(load_config("tiny", overrides=["data.limit=300"]))
+    assert all(a[s] != b[s] for s in a)
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    assert parse_overrides(["ot.lr=0.5", "data.name=mnist", "gan.enabled=false"]) == {
+        "ot": {"lr": 0.5}, "data": {"name": "mnist"}, "gan": {"enabled": False}}
+    with pytest.raises(ValidationError, match="lr"):
+        load_config("tiny", overrides=["ot.lr=fast"])
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        load_config("tiny", overrides=["ot.learning_rate=0.1"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["ot.lr"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config("nope")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(path=tmp_path / "missing.yaml")
+
+
+def test_yaml_file_over_preset(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("ae:\n  steps: 7\nname: mine\n")
+    cfg = load_config("tiny", path=f)
+    assert cfg.ae.steps == 7 and cfg.name == "mine" and cfg.data.name == "digits"
+    assert isinstance(PipelineConfig.model_json_schema(), dict)  # renders as a Prefect UI form

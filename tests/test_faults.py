@@ -1,0 +1,129 @@
+"""SIGKILL each stage mid-way, rerun the same command, check finished work is reused.
+
+Each test runs ``vegan run`` in a subprocess, kills it with SIGKILL as soon as a
+checkpoint (or finished latent chunk) appears in storage, reruns the same command
+and compares with an uninterrupted run where the computation is deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vegan.config import load_config
+from vegan.manifest import Manifest
+from vegan.pipeline import Run
+from vegan.storage import Storage
+
+pytestmark = pytest.mark.slow
+
+VEGAN = [sys.executable, "-m", "vegan.cli", "run", "--no-prefect", "--quiet", "--preset", "tiny"]
+
+
+def vegan_run(storage: Path, until: str, sets: list[str]) -> subprocess.CompletedProcess:
+    cmd = [*VEGAN, "--storage", str(storage), "--until", until, *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def kill_when(storage: Path, until: str, sets: list[str], ready, timeout: float = 300) -> None:
+    """Start ``vegan run`` and SIGKILL it once ``ready()`` is true; fail if it finished first."""
+    cmd = [*VEGAN, "--storage", str(storage), "--until", until, *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the kill point never came")
+
+
+def _cfg(sets):
+    return load_config("tiny", overrides=sets)
+
+
+def test_kill_during_ae_training_resumes_from_last_checkpoint(tmp_path):
+    sets = ["ae.steps=400", "ae.checkpoint_every=50"]
+    m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
+    ckpts = tmp_path / "a" / m.output("ae")
+    kill_when(tmp_path / "a", "ae", sets, lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 2)
+    saved = sorted(int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.pt"))
+    vegan_run(tmp_path / "a", "ae", sets)
+    info = m.done_info("ae")
+    assert info["resumed_from"] is not None and info["resumed_from"] >= saved[-2]
+    vegan_run(tmp_path / "b", "ae", sets)  # uninterrupted reference
+    a = torch.load(tmp_path / "a" / m.output("ae") / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / m.output("ae") / "model.pt", weights_only=False)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_kill_during_latent_extraction_never_rewrites_finished_chunks(tmp_path):
+    sets = ["data.name=mnist", "data.limit=30000", "ae.steps=20", "latents.chunk_rows=500", "latents.batch_size=100"]
+    run_dir = tmp_path / "a"
+    vegan_run(run_dir, "ae", sets)
+    m = Manifest(Storage(str(run_dir)), _cfg(sets))
+    complete = run_dir / m.output("latents") / "complete" / "c"
+    kill_when(run_dir, "latents", sets, lambda: complete.exists() and len(list(complete.iterdir())) >= 5)
+    codes_dir = run_dir / m.output("latents") / "codes" / "c"  # chunk files: c/<row chunk>/0
+    finished = {p: p.stat().st_mtime_ns for p in codes_dir.rglob("*") if p.is_file()}
+    n_done = len(list(complete.iterdir()))
+    assert 5 <= n_done < 60
+    vegan_run(run_dir, "latents", sets)
+    info = m.done_info("latents")
+    assert info["chunks_skipped"] >= n_done - 1 and info["chunks_written"] + info["chunks_skipped"] == 60
+    for p, mtime in finished.items():
+        if p.stat().st_mtime_ns != mtime:
+            chunk = int(p.relative_to(codes_dir).parts[0])
+            assert chunk >= n_done, f"finished chunk {p} was rewritten"
+    run = Run(_cfg(sets), str(run_dir), progress=False)
+    with torch.no_grad():
+        expected = run.model.encode(run.dataset.data[:2000]).numpy()
+    np.testing.assert_allclose(run.codes[:2000], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path):
+    sets = ["ot.max_iter=300", "ot.checkpoint_every=20", "ot.tol=0.01"]
+    vegan_run(tmp_path / "a", "latents", sets)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
+    ckpts = tmp_path / "a" / m.output("ot")
+    kill_when(tmp_path / "a", "ot", sets, lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 2)
+    vegan_run(tmp_path / "a", "ot", sets)
+    vegan_run(tmp_path / "b", "ot", sets)
+    from vegan.ot import load_result
+
+    ha = load_result(Storage(str(tmp_path / "a")).sub(m.output("ot"))).h
+    hb = load_result(Storage(str(tmp_path / "b")).sub(m.output("ot"))).h
+    np.testing.assert_allclose(ha, hb, atol=1e-6)
+
+
+def test_kill_during_gan_finetuning_resumes(tmp_path):
+    sets = ["gan.steps=200", "gan.checkpoint_every=20"]
+    vegan_run(tmp_path / "a", "generate", sets)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
+    ckpts = tmp_path / "a" / m.output("gan")
+    kill_when(tmp_path / "a", "gan", sets, lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 2)
+    assert not m.is_done("gan")
+    vegan_run(tmp_path / "a", "gan", sets)
+    vegan_run(tmp_path / "b", "gan", sets)
+    a = torch.load(tmp_path / "a" / m.output("gan") / "generator.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / m.output("gan") / "generator.pt", weights_only=False)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k

@@ -1,0 +1,106 @@
+"""The tiny preset through the real Prefect flow (test harness: a real, local API).
+
+One module-scoped run of the whole pipeline is shared by the tests below; the
+resume test changes only the OT config, so the autoencoder and latents of that
+run must be reused (Prefect state Cached, files untouched) while OT reruns.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+import vegan.pipeline
+from flows.pipeline import aeot_pipeline
+from vegan.config import load_config
+from vegan.manifest import Manifest
+from vegan.storage import Storage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_run(harness, tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("runs") / "tiny")
+    cfg = load_config("tiny")
+    state = aeot_pipeline(config=cfg, storage=storage, progress=False, return_state=True)
+    return cfg, storage, state
+
+
+def stage_states(flow_state) -> dict[str, str]:
+    """Stage -> state name of its task run in one flow run, read back from the Prefect API."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+        )
+    return {r.name.split(":")[0]: r.state.name for r in runs if r.state}  # run names are "ae: train ..."
+
+
+def test_tiny_pipeline_completes_and_writes_report(tiny_run):
+    cfg, storage, state = tiny_run
+    assert state.is_completed(), state.message
+    st = Storage(storage)
+    status = Manifest(st, cfg).status()
+    assert {s: e["status"] for s, e in status.items()} == {s: "done" for s in status}
+    eval_dir = st.sub(Manifest(st, cfg).output("eval"))
+    metrics = eval_dir.read_json("metrics.json")
+    assert {"reconstructions", "ae-ot", "ae-ot-gan", "gaussian-noise"} <= set(metrics)
+    for name, m in metrics.items():
+        assert m["fid"] == m["fid"] and m["fid"] >= 0, name  # finite, non-negative
+    # reconstructions are the ceiling: closer to the data than decoded noise
+    assert metrics["reconstructions"]["fid"] < metrics["gaussian-noise"]["fid"]
+    assert eval_dir.read_bytes("samples-ae-ot.png").startswith(b"\x89PNG")
+    assert "ae-ot" in eval_dir.read_text("report.md")
+    manifest = json.loads(st.read_bytes("manifest.json"))
+    assert manifest["config"]["name"] == "tiny" and "torch" in manifest["versions"]
+
+
+def test_rerun_is_cached_and_changes_nothing(tiny_run):
+    cfg, storage, _ = tiny_run
+    st = Storage(storage)
+    before = {p: st.fs.info(p)["mtime"] for p in st.fs.find(st.root) if "/done/" in p or p.endswith(".pt")}
+    state = aeot_pipeline(config=cfg, storage=storage, progress=False, return_state=True)
+    assert state.is_completed()
+    assert set(stage_states(state).values()) == {"Cached"}
+    after = {p: st.fs.info(p)["mtime"] for p in before}
+    assert before == after
+
+
+def test_failed_ot_then_resume_reuses_finished_stages(tiny_run, monkeypatch):
+    cfg, storage, _ = tiny_run
+    cfg2 = load_config("tiny", overrides=["ot.lr=0.03"])  # new OT key; AE and latents keys unchanged
+    st = Storage(storage)
+    m = Manifest(st, cfg2)
+    ae_model = st.path(m.output("ae"), "model.pt")
+    latent_files = [p for p in st.fs.find(st.path(m.output("latents")))]
+    stamps = {p: st.fs.info(p)["mtime"] for p in [ae_model, *latent_files]}
+
+    def broken_ot(run):
+        raise RuntimeError("simulated worker failure in OT")
+
+    monkeypatch.setitem(vegan.pipeline.STAGE_FUNCS, "ot", broken_ot)
+    failed = aeot_pipeline(config=cfg2, storage=storage, progress=False, return_state=True)
+    assert failed.is_failed()
+    states = stage_states(failed)
+    assert states["ae"] == "Cached" and states["latents"] == "Cached"
+    assert Manifest(st, cfg2).status()["ot"]["status"] == "failed"
+    assert "simulated worker failure" in Manifest(st, cfg2).status()["ot"]["error"]
+
+    monkeypatch.undo()
+    resumed = aeot_pipeline(config=cfg2, storage=storage, progress=False, return_state=True)
+    assert resumed.is_completed(), resumed.message
+    states = stage_states(resumed)
+    assert states["ae"] == "Cached" and states["latents"] == "Cached"
+    assert states["ot"] == "Completed" and states["eval"] == "Completed"
+    assert {p: st.fs.info(p)["mtime"] for p in stamps} == stamps  # finished work untouched
+    assert all(e["status"] == "done" for e in Manifest(st, cfg2).status().values())

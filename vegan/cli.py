@@ -1,0 +1,145 @@
+"""The ``vegan`` command: run the pipeline, show a run's status, serve deployments.
+
+``vegan run`` goes through the Prefect flow (states, caching, logs) unless
+``--no-prefect`` is given, in which case the same stage functions run directly.
+This module imports Prefect lazily so ``vegan status`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from vegan.config import STAGES, PipelineConfig, load_config
+from vegan.presets import PRESETS
+
+
+def _prefect_env() -> None:
+    """Offline-friendly Prefect defaults (each can be overridden by the environment)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "vegan")
+
+
+def _print_status(status: dict[str, dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    width = max(len(s) for s in STAGES)
+    for stage, entry in status.items():
+        print(f"{stage:<{width}}  {entry['status']:<8} {entry['key']:<22} {entry['output']}")
+        if entry.get("error"):
+            print(f"{'':<{width}}  error: {entry['error']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    preset = args.preset or (None if args.config else "demo")
+    cfg = load_config(preset=preset, path=args.config, overrides=args.set)
+    storage = args.storage or os.path.join("runs", preset or cfg.name)
+    if args.no_prefect:
+        from vegan.pipeline import run_pipeline
+
+        results = run_pipeline(cfg, storage, until=args.until, progress=not args.quiet)
+    else:
+        _prefect_env()
+        from flows.pipeline import aeot_pipeline
+
+        results = aeot_pipeline(config=cfg, storage=storage, until=args.until, progress=not args.quiet)
+    from vegan.manifest import Manifest
+    from vegan.storage import Storage
+
+    store = Storage(storage)
+    print(f"\nrun folder: {store.url}")
+    _print_status(Manifest(store, cfg).status(), as_json=False)
+    if "eval" in results:
+        print(f"\nreport:  {results['eval'].get('output')}/report.md")
+        _print_metrics(results["eval"].get("metrics", {}))
+    return 0
+
+
+def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
+    if not metrics:
+        return
+    cols = sorted({k for m in metrics.values() for k in m if isinstance(m[k], (int, float))})[:6]
+    print(f"\n{'set':<18}" + "".join(f"{c:>14}" for c in cols))
+    for name, m in metrics.items():
+        print(f"{name:<18}" + "".join(f"{m.get(c, float('nan')):>14.4g}" for c in cols))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vegan.manifest import Manifest
+    from vegan.storage import Storage
+
+    store = Storage(args.storage)
+    if not store.exists("manifest.json"):
+        print(f"no run at {store.url} (manifest.json not found)", file=sys.stderr)
+        return 1
+    cfg = PipelineConfig.model_validate(store.read_json("manifest.json")["config"])
+    _print_status(Manifest(store, cfg).status(), args.json)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _prefect_env()
+    if args.api:
+        os.environ["PREFECT_API_URL"] = args.api
+    from flows import deploy
+
+    if args.deploy:
+        for name in deploy.deploy_all(work_pool=args.work_pool):
+            print(f"registered deployment {name}")
+        return 0
+    deploy.serve_deployments(cron=args.cron)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vegan", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run (or resume) the AE-OT pipeline")
+    r.add_argument("--preset", choices=sorted(PRESETS), help="starting config (default: demo unless --config)")
+    r.add_argument("--config", help="YAML file with config values (applied over the preset)")
+    r.add_argument("--storage", help="run folder: any fsspec URL (default ./runs/<preset>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ot.lr=0.01")
+    r.add_argument("--until", choices=STAGES, default="eval", help="stop after this stage")
+    r.add_argument("--no-prefect", action="store_true", help="run the stages directly, without Prefect")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="show each stage's status, key and output")
+    s.add_argument("--storage", required=True, help="run folder URL")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    v = sub.add_parser("serve", help="serve (or register) the Prefect deployments")
+    v.add_argument("--api", help="Prefect API URL (default: PREFECT_API_URL)")
+    v.add_argument("--deploy", action="store_true", help="register deployments on a work pool instead of serving")
+    v.add_argument("--work-pool", default="cpu", help="work pool for --deploy")
+    v.add_argument("--cron", default=None, help="cron schedule for the full pipeline, e.g. '0 2 * * *'")
+    v.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        if os.environ.get("VEGAN_DEBUG"):
+            raise
+        from pydantic import ValidationError
+
+        msg = str(exc) if not isinstance(exc, ValidationError) else f"invalid config:\n{exc}"
+        print(f"vegan: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

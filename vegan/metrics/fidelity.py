@@ -1,0 +1,280 @@
+"""FID, KID, precision/recall (torch-fidelity) plus density/coverage, with cached reference features.
+
+We extract features ourselves and hand them to torch-fidelity's metric
+functions instead of calling ``calculate_metrics`` on datasets, for two reasons:
+
+* torch-fidelity caches reference statistics under a *name* in a local folder;
+  ours are cached in a :class:`~vegan.storage.Storage` (local or S3) under the
+  content hash of the data and the identity of the extractor weights, so
+  changed data or weights can never reuse stale statistics;
+* images stream through the extractor in chunks (uint8 at native size until a
+  chunk is resized to 299x299 inside the extractor), optionally on dask
+  workers, so memory is bounded by ``batch_size`` and never by the set size.
+
+The extractors are the registered torch-fidelity ones, so the same names also
+work with ``torch_fidelity.calculate_metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor
+from tqdm.auto import tqdm
+
+from vegan.config import EvalConfig
+from vegan.metrics.extractors import (
+    DOMAIN,
+    INCEPTION_TF_OFFLINE,
+    load_inception,
+    load_or_train_domain_classifier,
+    resolve_extractor_name,
+)
+from vegan.metrics.prdc import prdc
+from vegan.storage import Storage
+
+log = logging.getLogger(__name__)
+
+KID_SUBSETS = 100
+
+
+def tensor_hash(x: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """Content hash of a tensor (and labels): the cache identity of a reference set."""
+    h = hashlib.sha256()
+    h.update(f"{tuple(x.shape)}{x.dtype}".encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(labels.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class FeatureSpace:
+    """A ready extractor plus what identifies it in cache keys and on dask workers."""
+
+    extractor: FeatureExtractorBase
+    fingerprint: str  # extractor name + weights identity: part of every cache key
+    layer: str  # features for FID/KID/precision/recall/density/coverage
+    isc_layer: str | None  # class logits, where the extractor has them (Inception Score)
+    build_kwargs: dict[str, Any]  # rebuilds the extractor on a dask worker
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,) if self.isc_layer is None else (self.layer, self.isc_layer)
+
+
+def _isc_layer(cls: type[FeatureExtractorBase]) -> str | None:
+    """The extractor's Inception-Score layer, only when it is a layer of class logits."""
+    try:
+        layer = cls.get_default_feature_layer_for_metric("isc")
+    except (ValueError, NotImplementedError, KeyError):
+        return None
+    return layer if layer and "logits" in layer and layer in cls.get_provided_features_list() else None
+
+
+def feature_space(
+    cfg: EvalConfig,
+    real: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    real_hash: str | None = None,
+    cache: Storage | None = None,
+) -> FeatureSpace:
+    """Build the extractor named by ``cfg.extractor`` (training the domain classifier if needed)."""
+    name = resolve_extractor_name(cfg.extractor)
+    cls = FEATURE_EXTRACTORS_REGISTRY[name]
+    kwargs: dict[str, Any] = {}
+    info: dict[str, Any] = {"extractor": name}
+    if name == DOMAIN:
+        if real is None:
+            raise ValueError("extractor 'domain' needs the reference data to train on")
+        trained = load_or_train_domain_classifier(
+            real, labels, real_hash or tensor_hash(real, labels), cache,
+            steps=cfg.domain_steps, max_examples=cfg.domain_max_examples, seed=cfg.seed,
+        )  # fmt: skip
+        kwargs["domain_classifier"] = trained.model
+        fingerprint = f"{name}-{trained.key}"
+        info.update(domain_accuracy=trained.accuracy, domain_train_seconds=trained.seconds, domain_cached=trained.cached)
+    elif name == INCEPTION_TF_OFFLINE:
+        if cfg.inception_path:
+            kwargs["feature_extractor_weights_path"] = cfg.inception_path
+        _, digest = load_inception(cfg.inception_path)  # fails early, naming the path
+        fingerprint = f"{name}-{digest}"
+    else:  # a torch-fidelity extractor: its name pins its (downloaded) weights
+        fingerprint = name
+    layer = cls.get_default_feature_layer_for_metric("fid")
+    isc_layer = _isc_layer(cls)
+    layers = [layer] if isc_layer is None else [layer, isc_layer]
+    extractor = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
+    extractor.to(resolve_device(cfg.device))
+    return FeatureSpace(extractor, fingerprint, layer, isc_layer, {"name": name, "layers": layers, **kwargs}, info)
+
+
+# ----------------------------------------------------------------- extraction
+def to_extractor_input(x: torch.Tensor) -> torch.Tensor:
+    """torch-fidelity's input convention: uint8 Bx3xHxW (grayscale repeated); vectors pass as float."""
+    if x.ndim == 2:
+        return x.float()
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected (N, 1|3, H, W) images or (N, D) vectors, got {tuple(x.shape)}")
+    x = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _run_chunk(extractor: FeatureExtractorBase, chunk: torch.Tensor) -> dict[str, torch.Tensor]:
+    device = next(iter(extractor.parameters()), torch.empty(0)).device
+    with torch.no_grad():
+        out = extractor(to_extractor_input(chunk).to(device))
+    return {k: v.detach().float().cpu() for k, v in extractor.convert_features_tuple_to_dict(out).items()}
+
+
+_WORKER_EXTRACTORS: dict[str, FeatureExtractorBase] = {}
+
+
+def _run_chunk_on_worker(chunk: torch.Tensor, fingerprint: str, build_kwargs: dict) -> dict[str, torch.Tensor]:
+    """Dask task: build the extractor once per worker process, then run one chunk."""
+    if fingerprint not in _WORKER_EXTRACTORS:
+        kwargs = dict(build_kwargs)
+        name, layers = kwargs.pop("name"), kwargs.pop("layers")
+        _WORKER_EXTRACTORS[fingerprint] = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
+    return _run_chunk(_WORKER_EXTRACTORS[fingerprint], chunk)
+
+
+def extract_features(
+    x: torch.Tensor,
+    space: FeatureSpace,
+    batch_size: int = 64,
+    client=None,
+    progress: bool = False,
+    desc: str = "features",
+) -> dict[str, torch.Tensor]:
+    """Features of ``x`` (float images in [0, 1] or vectors) for every layer of ``space``, chunk by chunk.
+
+    With a dask ``client`` the chunks are mapped to its workers, each of which
+    builds the extractor once; results come back in order.
+    """
+    chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+    if client is None:
+        parts = [_run_chunk(space.extractor, c) for c in tqdm(chunks, desc=desc, disable=not progress, leave=False)]
+    else:
+        build = client.scatter(space.build_kwargs, broadcast=True)
+        futures = client.map(_run_chunk_on_worker, chunks, fingerprint=space.fingerprint, build_kwargs=build)
+        parts = client.gather(futures)
+    return {layer: torch.cat([p[layer] for p in parts]) for layer in space.layers}
+
+
+def reference_features(
+    real: torch.Tensor,
+    space: FeatureSpace,
+    data_hash: str,
+    cache: Storage | None = None,
+    batch_size: int = 64,
+    client=None,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Features of the reference set, cached per (data hash, extractor fingerprint, layer).
+
+    Returns ``(features, loaded_from_cache)``. ``data_hash`` must identify the
+    content of ``real``; it is never a dataset name.
+    """
+    rels = {layer: f"reference-features/{data_hash}/{space.fingerprint}/{layer}.pt" for layer in space.layers}
+    if cache is not None and all(cache.exists(r) for r in rels.values()):
+        blobs = {layer: cache.load_torch(r) for layer, r in rels.items()}
+        if all(b["n"] == len(real) for b in blobs.values()):
+            return {layer: b["features"] for layer, b in blobs.items()}, True
+    feats = extract_features(real, space, batch_size, client, progress, desc="reference features")
+    if cache is not None:
+        for layer, rel in rels.items():
+            cache.save_torch(rel, {"features": feats[layer], "n": len(real), "data_hash": data_hash,
+                                   "extractor": space.fingerprint, "layer": layer})  # fmt: skip
+    return feats, False
+
+
+# -------------------------------------------------------------------- metrics
+def compare_features(
+    real: dict[str, torch.Tensor], gen: dict[str, torch.Tensor], space: FeatureSpace, cfg: EvalConfig
+) -> dict[str, float]:
+    """All metrics of one generated set against the reference, from features."""
+    fr, fg = real[space.layer].double(), gen[space.layer].double()
+    for what, f in (("reference", fr), ("generated", fg)):
+        if len(f) <= cfg.pr_k:
+            raise ValueError(f"{what} set has {len(f)} samples; precision/recall need more than pr_k={cfg.pr_k}")
+    fid = fid_statistics_to_metric(fid_features_to_statistics(fr), fid_features_to_statistics(fg), verbose=False)
+    kid = kid_features_to_metric(
+        fg, fr, kid_subsets=KID_SUBSETS, kid_subset_size=min(cfg.kid_subset_size, len(fr), len(fg)),
+        rng_seed=cfg.seed, verbose=False,
+    )  # fmt: skip
+    # torch-fidelity convention: input1 = generated, input2 = real.
+    prc = prc_features_to_metric(
+        fg, fr, prc_neighborhood=cfg.pr_k, prc_batch_size=1024, save_cpu_ram=True, verbose=False
+    )
+    dc = prdc(fr, fg, k=cfg.pr_k)
+    out = {
+        "fid": float(fid[KEY_METRIC_FID]),
+        "kid_mean": kid[KEY_METRIC_KID_MEAN],
+        "kid_std": kid[KEY_METRIC_KID_STD],
+        "precision": prc[KEY_METRIC_PRECISION],
+        "recall": prc[KEY_METRIC_RECALL],
+        "density": dc["density"],
+        "coverage": dc["coverage"],
+        "n_samples": len(fg),
+    }
+    if space.isc_layer is not None:
+        isc = isc_features_to_metric(gen[space.isc_layer], splits=min(10, len(fg)), rng_seed=cfg.seed)
+        out["is_mean"], out["is_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
+    return out
+
+
+def evaluate_sets(
+    real: torch.Tensor,
+    sets: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    cache: Storage | None = None,
+    real_hash: str | None = None,
+    labels: torch.Tensor | None = None,
+    progress: bool = True,
+    client=None,
+) -> dict[str, dict[str, float]]:
+    """Metrics of each generated set against ``real``: ``{set: {fid, kid_mean, ..., coverage}}``.
+
+    ``real`` and the sets are float images in [0, 1] (N, C, H, W) or, with the
+    domain extractor only, vectors (N, D); at most ``cfg.n_samples`` of each
+    (the first ones) are used. ``real_hash`` must be a content hash of
+    ``real`` (and ``labels``), e.g. ``Dataset.content_hash()``; it is computed
+    when omitted. With ``cfg.extractor == "domain"`` a classifier is trained on
+    ``(real, labels)`` (or loaded from ``cache``); it adds an Inception-Score-style
+    ``is_mean``/``is_std`` from its logits.
+    """
+    if not sets:
+        raise ValueError("evaluate_sets needs at least one generated set")
+    real_hash = real_hash or tensor_hash(real, labels)
+    space = feature_space(cfg, real, labels, real_hash, cache)
+    log.info("evaluating with %s", space.info)
+    ref_x = real[: cfg.n_samples]
+    ref, cached = reference_features(
+        ref_x, space, f"{real_hash}-n{len(ref_x)}", cache, cfg.batch_size, client, progress
+    )
+    log.info("reference features %s", "loaded from cache" if cached else "computed")
+    out = {}
+    for name, x in sets.items():
+        if tuple(x.shape[1:]) != tuple(real.shape[1:]):
+            raise ValueError(f"set {name!r} has examples of shape {tuple(x.shape[1:])}, reference {tuple(real.shape[1:])}")
+        gen = extract_features(x[: cfg.n_samples], space, cfg.batch_size, client, progress, desc=name)
+        out[name] = compare_features(ref, gen, space, cfg)
+    return out

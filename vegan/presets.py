@@ -1,0 +1,75 @@
+"""Named starting configurations for ``vegan run --preset NAME``.
+
+Presets are plain nested dicts so a YAML file or ``--set key=value`` can override
+any field on top of them. Budgets are chosen for a 2-core CPU unless noted.
+"""
+
+from __future__ import annotations
+
+import copy
+
+PRESETS: dict[str, dict] = {
+    # A few minutes at most on 2 CPU cores: the integration tests run this.
+    "tiny": {
+        "name": "tiny",
+        "data": {"name": "digits", "limit": 512},
+        "ae": {"latent_dim": 8, "width": 16, "steps": 150, "batch_size": 64, "checkpoint_every": 50},
+        "latents": {"chunk_rows": 128},
+        "ot": {"n_samples": 4096, "max_samples": 32768, "max_iter": 150, "tol": 0.5, "eval_every": 25,
+               "eval_samples": 32768, "lr": 0.02, "checkpoint_every": 25},
+        "generate": {"n_samples": 256, "k": 4, "angle_threshold": 20.0, "centroid_samples": 32768},
+        "gan": {"steps": 30, "batch_size": 32, "checkpoint_every": 10},
+        "eval": {"n_samples": 256, "extractor": "domain", "kid_subset_size": 100},
+    },
+    # `make demo`: MNIST on CPU in a few minutes, a real (if short) AE-OT-GAN run.
+    "demo": {
+        "name": "demo",
+        "data": {"name": "mnist", "limit": 10000},
+        "ae": {"latent_dim": 16, "width": 32, "steps": 1500, "batch_size": 128, "checkpoint_every": 250},
+        "latents": {"chunk_rows": 2048},
+        "ot": {"n_samples": 20000, "max_samples": 160000, "max_iter": 600, "tol": 0.25, "eval_every": 50,
+               "eval_samples": 200000, "lr": 0.01},
+        "generate": {"n_samples": 2000, "k": 8, "angle_threshold": 20.0, "centroid_samples": 200000},
+        "gan": {"steps": 300, "batch_size": 64},
+        "eval": {"n_samples": 2000, "extractor": "domain"},
+    },
+    # Full datasets: meant for a GPU worker (works on CPU, slowly).
+    "mnist": {
+        "name": "mnist",
+        "data": {"name": "mnist"},
+        "ae": {"latent_dim": 64, "width": 64, "steps": 20000, "batch_size": 256},
+        "latents": {"chunk_rows": 8192},
+        "ot": {"n_samples": 100000, "max_samples": 2000000, "max_iter": 5000, "tol": 0.1, "lr": 0.01},
+        "generate": {"n_samples": 10000, "k": 16, "angle_threshold": 20.0, "centroid_samples": 2000000},
+        "gan": {"steps": 5000, "batch_size": 128},
+        "eval": {"n_samples": 10000, "extractor": "inception-tf"},
+    },
+    "fashion-mnist": {
+        "name": "fashion-mnist",
+        "data": {"name": "fashion-mnist"},
+        "ae": {"latent_dim": 64, "width": 64, "steps": 20000, "batch_size": 256},
+        "latents": {"chunk_rows": 8192},
+        "ot": {"n_samples": 100000, "max_samples": 2000000, "max_iter": 5000, "tol": 0.1, "lr": 0.01},
+        "generate": {"n_samples": 10000, "k": 16, "angle_threshold": 20.0, "centroid_samples": 2000000},
+        "gan": {"steps": 5000, "batch_size": 128},
+        "eval": {"n_samples": 10000, "extractor": "inception-tf"},
+    },
+    # The 2-D grid of 25 Gaussians: mode coverage without any image network.
+    "grid2d": {
+        "name": "grid2d",
+        "data": {"name": "grid2d", "limit": 25000},
+        "ae": {"latent_dim": 2, "width": 128, "steps": 3000, "batch_size": 256, "lr": 1e-3},
+        "latents": {"chunk_rows": 8192},
+        "ot": {"n_samples": 50000, "max_samples": 400000, "max_iter": 1500, "tol": 0.2, "eval_every": 50,
+               "eval_samples": 400000, "lr": 0.01},
+        "generate": {"n_samples": 5000, "k": 8, "angle_threshold": 20.0, "centroid_samples": 400000},
+        "gan": {"enabled": False},
+        "eval": {"n_samples": 5000},
+    },
+}
+
+
+def preset_dict(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
