@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Prefect reads its settings at import time: isolate it before any test imports it.
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".cache" / "prefect-test"))
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

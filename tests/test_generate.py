@@ -192,3 +192,14 @@ def test_bad_inputs(clusters, change, match):
     kw = dict(n=10, centroid_samples=1000, progress=False)
     with pytest.raises(ValueError, match=match):
         generate(change.pop("y", y), ot, **{**kw, **change})
+
+
+def test_with_the_real_solver(clusters):
+    """The sampler consumes a real ``vegan.ot.OTResult`` (scaling and source from
+    the solver). A few iterations suffice: the gap guarantee does not depend on
+    how well h is converged."""
+    solve = pytest.importorskip("vegan.ot").solve
+    y, _ = clusters
+    ot = solve(y, max_iter=5, n_samples=2000, eval_samples=2000, progress=False)
+    out = generate(y, ot, n=500, angle_threshold=20, centroid_samples=10_000, progress=False)
+    assert out.codes.shape == (500, 2) and not _in_gap(out.codes).any()

@@ -76,7 +76,7 @@ def test_shapes_on_images(name, digits):
     assert model.has_encoder and model.latent_dim == 4
     assert z.shape == (5, 4) and x_hat.shape == x.shape
     assert 0 <= x_hat.min() and x_hat.max() <= 1
-    assert model.decode(z) .shape == model.decoder(z).shape
+    assert model.decode(z).shape == model.decoder(z).shape
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -147,3 +147,11 @@ def test_mmd_imq_separates_distributions():
     p, q = torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g)
     assert abs(float(mmd_imq(p, q))) < 0.02
     assert float(mmd_imq(p + 2.0, q)) > 0.2
+
+
+def test_sampling_mid_training_leaves_batch_norm_alone():
+    model = build_model(small("vae"), (1, 8, 8)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.sample(8)
+    assert model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

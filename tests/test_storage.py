@@ -47,3 +47,13 @@ def test_s3_missing_bucket_is_clear(s3_endpoint):
 def test_bad_url():
     with pytest.raises(StorageError, match="cannot open storage URL"):
         Storage("nosuchproto://x/y")
+
+
+def test_s3_missing_credentials_is_clear(s3_endpoint, monkeypatch, tmp_path):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    st = Storage("s3://any-bucket/run", {"endpoint_url": s3_endpoint})
+    with pytest.raises(StorageError, match="credentials"):
+        st.check_writable()

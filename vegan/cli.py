@@ -63,7 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     if not metrics:
         return
-    cols = sorted({k for m in metrics.values() for k in m if isinstance(m[k], (int, float))})[:6]
+    preferred = ("fid", "kid_mean", "precision", "recall", "density", "coverage",
+                 "modes_covered", "high_quality", "reverse_kl")
+    cols = [c for c in preferred if any(c in m for m in metrics.values())]
     print(f"\n{'set':<18}" + "".join(f"{c:>14}" for c in cols))
     for name, m in metrics.items():
         print(f"{name:<18}" + "".join(f"{m.get(c, float('nan')):>14.4g}" for c in cols))

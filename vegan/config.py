@@ -138,6 +138,7 @@ class GANConfig(_Config):
     loss: Literal["hinge", "wgan-gp"] = "hinge"
     content_weight: float = Field(1.0, ge=0, description="Weight of the pixel L1 + feature loss.")
     feature_weight: float = Field(1.0, ge=0, description="Weight of discriminator feature matching.")
+    gp_weight: float = Field(10.0, ge=0, description="Gradient-penalty weight (loss wgan-gp only).")
     spectral_norm: bool = True
     ema: float = Field(0.999, ge=0, lt=1)
     checkpoint_every: int = Field(100, ge=1)
@@ -162,7 +163,7 @@ class EvalConfig(_Config):
     kid_subset_size: int = Field(1000, ge=2)
     pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
     batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
-    domain_steps: int = Field(500, ge=1, description="Training steps of the domain classifier.")
+    domain_steps: int = Field(300, ge=1, description="Training steps of the domain classifier.")
     domain_max_examples: int = Field(10_000, ge=2, description="Training examples of the domain classifier.")
     seed: int = 2
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (feature extraction).")

@@ -4,7 +4,7 @@ Read it top to bottom: resolve the device, restore the newest valid checkpoint
 (or return at once if training already finished), then loop over steps. Each
 step draws its batch from ``(seed, step)`` alone and all noise from a generator
 saved in the checkpoint, so a run resumed from step k is identical to an
-uninterrupted one. Checkpoints are written every ``cfg.checkpoint_every`` steps,
+uninterrupted one (bitwise on CPU; on GPU up to cuDNN's nondeterminism). Checkpoints are written every ``cfg.checkpoint_every`` steps,
 at the end, and on SIGTERM (a preempted worker loses nothing); a non-finite
 loss stops training without overwriting the last good checkpoint.
 

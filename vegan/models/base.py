@@ -93,8 +93,17 @@ class GenerativeModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` samples from the model's own sampler: decoded prior codes."""
-        return self.decode(self.prior_sample(n, generator))
+        """``n`` samples from the model's own sampler: decoded prior codes.
+
+        Runs in eval mode (then restores the mode), so sampling never uses or
+        updates batch-norm batch statistics, even in the middle of training.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self.decode(self.prior_sample(n, generator))
+        finally:
+            self.train(was_training)
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise drawn on the generator's device, returned on the model's."""

@@ -88,7 +88,9 @@ def _default_chunk(block_size: int) -> int:
 
 
 # ------------------------------------------------------------------- kernels
-def _scores_by_chunk(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+def _scores_by_chunk(
+    x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, chunk: int
+) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start, x @ y[start:stop].T + h[start:stop])`` per target chunk, in one reused buffer."""
     b, n = x.shape[0], y.shape[0]
     buf = torch.empty(b * min(chunk, n), dtype=x.dtype)
@@ -118,7 +120,8 @@ def topk_cells(
 
     Candidates come from float32 scores with a running top-k merge over target
     chunks; they are then rescored in float64 and sorted by (score desc, index
-    asc), so the ranking is exact and identical for every chunk size.
+    asc), so the ranking is exact and does not depend on the chunk size (short
+    of exact float32 ties for the k-th place).
     """
     b, k = x.shape[0], min(k, y.shape[0])
     best_v = torch.full((b, k), -math.inf, dtype=x.dtype)
@@ -319,7 +322,9 @@ def estimate_centroids(
         for start in range(0, n_blocks, _CENTROID_BLOCKS_PER_TASK)
     ]
     y_arg, h_arg = (y, h) if client is None else _scatter(client, y, h)
-    static = dict(y=y_arg, h=h_arg, seed=int(seed), block_size=block_size, n_samples=n_samples, source=source, chunk=chunk)
+    static = dict(
+        y=y_arg, h=h_arg, seed=int(seed), block_size=block_size, n_samples=n_samples, source=source, chunk=chunk
+    )
     sums = np.zeros(y.shape, dtype=np.float64)
     counts = np.zeros(y.shape[0], dtype=np.int64)
     with _progress(n_samples, "centroids", progress) as bar:
@@ -328,7 +333,8 @@ def estimate_centroids(
             counts += c
             bar.update(min(n_samples, blocks[-1] * block_size + block_size) - blocks[0] * block_size)
     empty = counts == 0
-    centroids = np.where(empty[:, None], _domain_projection(y.astype(np.float64), source), sums / np.maximum(counts, 1)[:, None])
+    means = sums / np.maximum(counts, 1)[:, None]
+    centroids = np.where(empty[:, None], _domain_projection(y.astype(np.float64), source), means)
     if empty.any():
         log.info("%d of %d cells got no centroid sample; using their projected codes", int(empty.sum()), len(empty))
     return centroids.astype(np.float32), counts

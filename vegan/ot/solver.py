@@ -271,13 +271,13 @@ def warm_start_potential(problem: OTProblem, cfg: OTConfig, make_evaluator) -> n
     return voronoi_potential(problem.y) + correction[remap[group_np]]
 
 
-def _make_evaluator(problem: OTProblem, cfg: OTConfig, client):
-    """Local or Dask evaluator plus a close() callback."""
+def _make_evaluator(problem: OTProblem, cfg: OTConfig, client, y_raw: Any = None):
+    """Local or Dask evaluator plus a close() callback (``y_raw``: lets workers read Zarr directly)."""
     if cfg.dask == "none" and client is None:
         return local_evaluator(problem, cfg), lambda: None
     from vegan.ot.distributed import DaskEvaluator
 
-    ev = DaskEvaluator(problem, cfg, client)
+    ev = DaskEvaluator(problem, cfg, client, y_raw=y_raw)
     return ev, ev.close
 
 
@@ -300,13 +300,15 @@ def solve(
     cfg = resolve_config(config, overrides)
     problem = make_problem(y, nu, cfg.source)
     fingerprint = problem.fingerprint()
-    evaluate, close = _make_evaluator(problem, cfg, client)
+    evaluate, close = _make_evaluator(problem, cfg, client, y_raw=y)
     try:
         state = _resume(checkpoints, fingerprint)
         if state is None:
             h0 = None
             if cfg.warm_start:
-                h0 = warm_start_potential(problem, cfg, lambda p, c: _make_evaluator(p, c, client)[0])
+                # The coarse solve shares the cluster (if any) that the full solve uses.
+                shared = getattr(evaluate, "client", client)
+                h0 = warm_start_potential(problem, cfg, lambda p, c: _make_evaluator(p, c, shared)[0])
             state = init_state(problem, cfg, h0)
         state = _run(state, problem, cfg, evaluate, checkpoints, fingerprint, progress)
     finally:

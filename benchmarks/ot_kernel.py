@@ -1,0 +1,168 @@
+"""Throughput of the cell-assignment kernel vs this machine's sgemm peak, a naive kernel, and Dask.
+
+    .venv/bin/python benchmarks/ot_kernel.py [--json] [--quick]
+
+For d=64 and n=1e5 / 1e6 targets it reports:
+  peak_gflops       float32 torch.mm on large square matrices (best of repeats)
+  kernel_gflops     vegan.ot.assign_counts (2 * N * n * d useful flops per second)
+  frac_of_peak      kernel_gflops / peak_gflops
+  naive_gflops      full score matrix per sample batch, then max(1) (published AE-OT style)
+  speedup_vs_naive  kernel / naive
+  dask_efficiency   sample-parallel Dask throughput (2 workers x 1 thread) / one process (2 threads)
+  dask_iteration_s  one solver iteration's counting through Dask (n=1e6 includes the figure asked for)
+  worker_rss_mb     peak resident memory of each Dask worker
+  peak_rss_mb       peak resident memory of this (driver) process
+Timings are noisy on a shared machine: compare the ratios, all measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import torch
+
+from vegan.config import OTConfig
+from vegan.ot.assign import assign_counts
+from vegan.ot.problem import OTProblem, sample_slice
+from vegan.ot.solver import count_slices
+
+D = 64
+NAIVE_BUDGET = 2**27  # floats in the naive score matrix (512 MB), which sets its batch size
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def peak_gflops(size: int, repeats: int) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    c = torch.empty(size, size)
+    return 2 * size**3 / best_time(lambda: torch.mm(a, b, out=c), repeats) / 1e9
+
+
+def naive(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """What published AE-OT code does: a full (batch, n) score matrix, then max with indices."""
+    bs = max(1, NAIVE_BUDGET // y.shape[0])
+    out = []
+    for a in range(0, x.shape[0], bs):
+        scores = torch.mm(x[a : a + bs], y.T) + h
+        out.append(scores.max(dim=1).indices)
+    return torch.cat(out)
+
+
+def bench_n(n: int, n_samples: int, repeats: int, client) -> dict:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(n, D, generator=g) / 8
+    h = torch.randn(n, generator=g) * 0.01
+    x = sample_slice(D, n_samples, seed=0, tag=0, iteration=0, index=0)
+    flops = 2 * n_samples * n * D
+    t_kernel = best_time(lambda: assign_counts(x, y, h, want_idx=False), repeats)
+    t_naive = best_time(lambda: naive(x, y, h), max(1, repeats - 1))
+    assert torch.equal(naive(x[:512], y, h), assign_counts(x[:512], y, h).idx)
+    out = {
+        "n": n,
+        "d": D,
+        "samples": n_samples,
+        "kernel_gflops": flops / t_kernel / 1e9,
+        "naive_gflops": flops / t_naive / 1e9,
+        "speedup_vs_naive": t_naive / t_kernel,
+    }
+    if client is not None:
+        out.update(bench_dask(y, h.double().numpy(), n_samples, repeats, client))
+    return out
+
+
+def bench_dask(y: torch.Tensor, h: np.ndarray, n_samples: int, repeats: int, client) -> dict:
+    """Same slices counted in this process (2 threads) and on 2 single-thread workers."""
+    from vegan.ot.distributed import DaskEvaluator
+
+    n = y.shape[0]
+    slice_size = 4096
+    k = n_samples // slice_size
+    problem = OTProblem(y.numpy(), np.full(n, 1 / n), np.zeros(D), 1.0, "cube")
+    cfg = OTConfig()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    t_local = best_time(
+        lambda: count_slices(y, h, seed=0, tag=0, iteration=0, slices=range(k), slice_size=slice_size,
+                             source="cube", sampler="sobol"),
+        repeats,
+    )
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    ev = DaskEvaluator(problem, cfg, client)
+    client.run(lambda: None)
+    t_publish = time.perf_counter() - t
+    t_first = time.perf_counter()
+    ev(h, 0, 0, k, slice_size)  # includes each worker's first touch of the targets
+    t_first = time.perf_counter() - t_first
+    t_dask = best_time(lambda: ev(h, 0, 0, k, slice_size), repeats)
+    worker_rss = client.run(lambda: __import__("psutil").Process().memory_info().rss / 2**20)
+    ev.close()
+    return {
+        "local_2threads_s": t_local,
+        "dask_iteration_s": t_dask,
+        "dask_first_iteration_s": t_first,
+        "dask_scatter_s": t_publish,
+        "dask_efficiency": t_local / t_dask,
+        "worker_rss_mb": sorted(round(v) for v in worker_rss.values()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--quick", action="store_true", help="fewer samples and repeats (smoke run)")
+    ap.add_argument("--no-dask", action="store_true", help="skip the Dask measurements")
+    args = ap.parse_args()
+    repeats = 1 if args.quick else 3
+    result = {"peak_gflops": peak_gflops(2048 if args.quick else 4096, repeats + 1), "threads": torch.get_num_threads()}
+    client = None
+    if not args.no_dask:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster)
+    try:
+        runs = []
+        for n, samples in [(100_000, 8192 if args.quick else 32768), (1_000_000, 4096 if args.quick else 16384)]:
+            r = bench_n(n, samples, repeats, client)
+            r["frac_of_peak"] = r["kernel_gflops"] / result["peak_gflops"]
+            runs.append(r)
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+    result["runs"] = runs
+    result["peak_rss_mb"] = rss_mb()
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"sgemm peak (torch.mm, square): {result['peak_gflops']:.1f} GFLOP/s on {result['threads']} threads")
+    for r in runs:
+        print(f"n={r['n']:>9,} d={r['d']} N={r['samples']}: kernel {r['kernel_gflops']:.1f} GFLOP/s "
+              f"({r['frac_of_peak']:.2f} of peak), naive {r['naive_gflops']:.1f} "
+              f"-> {r['speedup_vs_naive']:.2f}x")
+        if "dask_efficiency" in r:
+            print(f"   dask: iteration {r['dask_iteration_s']:.2f}s vs local {r['local_2threads_s']:.2f}s "
+                  f"-> efficiency {r['dask_efficiency']:.2f}; first iteration {r['dask_first_iteration_s']:.2f}s, "
+                  f"scatter {r['dask_scatter_s']:.2f}s; worker RSS {r['worker_rss_mb']} MB")
+    print(f"driver peak RSS: {result['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

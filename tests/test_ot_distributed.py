@@ -1,0 +1,85 @@
+"""Dask execution: same h as one process, in both modes, after a worker dies, from Zarr."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from vegan.ot import solve
+
+distributed = pytest.importorskip("distributed")
+
+KW = dict(progress=False, n_samples=8192, eval_samples=16384, eval_every=10, tol=1e-9, patience=4)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real 2-process LocalCluster (one thread each), created inside the test session."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return np.random.default_rng(0).normal(size=(400, 6))
+
+
+@pytest.fixture(scope="module")
+def single(targets):
+    return solve(targets, max_iter=25, **KW)
+
+
+def test_sample_parallel_equals_single_process(client, targets, single):
+    res = solve(targets, max_iter=25, client=client, **KW)
+    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
+    assert res.marginal_error["max"] == pytest.approx(single.marginal_error["max"])
+
+
+def test_target_sharded_equals_sample_parallel(client, targets, single):
+    res = solve(targets, max_iter=25, client=client, mode="targets", **KW)
+    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
+
+
+def test_workers_read_targets_from_zarr(client, targets, single, tmp_path):
+    import zarr
+
+    arr = zarr.create_array(str(tmp_path / "codes.zarr"), shape=targets.shape, chunks=(128, 6), dtype="f8")
+    arr[...] = targets
+    res = solve(zarr.open_array(str(tmp_path / "codes.zarr"), mode="r"), max_iter=25, client=client, **KW)
+    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
+
+
+def test_connects_to_a_scheduler_by_address(client, targets, single):
+    res = solve(targets, max_iter=25, dask=client.scheduler.address, **KW)
+    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_killed_worker_iteration_is_retried(client, targets):
+    """SIGKILL a worker mid-solve: the lost tasks rerun and h is still the single-process h."""
+    kw = dict(KW, n_samples=4 * 8192, patience=1000)
+    reference = solve(targets, max_iter=40, **kw)
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(res=solve(targets, max_iter=40, client=client, **kw)))
+    thread.start()
+    time.sleep(2.0)
+    pids = client.run(os.getpid)
+    assert thread.is_alive(), "solve finished before the kill; make it longer"
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    thread.join(timeout=240)
+    assert "res" in out and out["res"].iterations == 40
+    np.testing.assert_allclose(out["res"].h, reference.h, rtol=0, atol=1e-5)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it
+
+
+@pytest.mark.slow
+def test_local_mode_starts_its_own_cluster(targets, single):
+    res = solve(targets, max_iter=25, dask="local", n_workers=2, **KW)
+    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)

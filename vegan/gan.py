@@ -1,0 +1,257 @@
+"""AE-OT-GAN: adversarial fine-tuning of the autoencoder's decoder.
+
+AE-OT generates codes inside the support of the latent distribution, but an
+autoencoder decoder trained with a pixel loss draws blurry images, and codes
+mixed between training codes fall where it was never trained. AE-OT-GAN fixes
+both by fine-tuning the decoder as a GAN generator:
+
+* the generator starts from the trained decoder, so it already maps codes to the
+  right images and the GAN only has to sharpen them (no mode collapse: the codes
+  come from OT, not from a noise prior the generator could ignore);
+* paired codes ``y_i`` (encodings of training images ``x_i``) get a content loss,
+  pixel L1 plus matching of the discriminator's features, which anchors
+  ``G(y_i)`` to ``x_i``;
+* the codes from the generation stage, which have no image, get the adversarial
+  loss only; together with the paired codes they show the discriminator what the
+  generator does everywhere on the latent support.
+
+The loop follows :mod:`vegan.training`: every batch is a pure function of
+``(seed, step)`` and all noise comes from a generator seeded by ``(seed, step)``,
+so no RNG state needs saving and a run resumed from a checkpoint is identical
+to an uninterrupted one (bitwise on CPU). Checkpoints hold the generator, its
+EMA, the discriminator and both optimizers; they are written every
+``cfg.checkpoint_every`` steps, at the end and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from vegan.checkpoint import CheckpointDir
+from vegan.config import GANConfig
+from vegan.nets import Discriminator
+from vegan.training import BatchIndices, TrainingError, TrainingInterrupted, _mix, _sigterm_event, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GANResult:
+    generator: nn.Module  # the EMA generator, eval mode, on CPU
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    resumed_from: int | None = None
+
+
+# ------------------------------------------------------------------ inputs
+def _as_float_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().float()
+    else:
+        try:
+            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be a numeric array or tensor: {exc}") from exc
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def _check_inputs(
+    decoder: nn.Module, images: Any, paired_codes: Any, generated_codes: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images = _as_float_tensor(images, "images")
+    paired = _as_float_tensor(paired_codes, "paired_codes")
+    if paired.ndim != 2 or len(paired) == 0:
+        raise ValueError(f"paired_codes must be a non-empty (n, latent_dim) array, got shape {tuple(paired.shape)}")
+    if len(images) != len(paired):
+        raise ValueError(
+            f"images and paired_codes must pair up one to one: {len(images)} images but {len(paired)} codes"
+        )
+    d = paired.shape[1]
+    if generated_codes is None:
+        generated = paired.new_zeros((0, d))
+    else:
+        generated = _as_float_tensor(generated_codes, "generated_codes")
+        if generated.ndim != 2 or (len(generated) and generated.shape[1] != d):
+            raise ValueError(
+                f"generated_codes must have shape (m, {d}) like paired_codes, got {tuple(generated.shape)}"
+            )
+    probe = copy.deepcopy(decoder).cpu().eval()
+    try:
+        with torch.no_grad():
+            out = probe(paired[:2])
+    except RuntimeError as exc:
+        raise ValueError(f"codes have dimension {d}, which the decoder does not accept: {exc}") from exc
+    if tuple(out.shape[1:]) != tuple(images.shape[1:]):
+        raise ValueError(
+            f"the decoder makes examples of shape {tuple(out.shape[1:])} "
+            f"but images have shape {tuple(images.shape[1:])}"
+        )
+    return images, paired, generated
+
+
+# ------------------------------------------------------------------ losses
+def _gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    eps = torch.rand((len(real),) + (1,) * (real.ndim - 1), generator=gen, device=real.device)
+    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc(mix).sum(), mix, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def _d_loss(cfg: GANConfig, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator):
+    d_real, d_fake = disc(real), disc(fake)
+    if cfg.loss == "hinge":
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean(), {}
+    gp = _gradient_penalty(disc, real, fake[: len(real)], gen)
+    return d_fake.mean() - d_real.mean() + cfg.gp_weight * gp, {"gp": gp}
+
+
+def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """EMA with warm-up: early on the average follows the model closely, otherwise a
+    short fine-tuning run would return (mostly) the untouched decoder."""
+    beta = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - beta)
+        for be, b in zip(ema.buffers(), model.buffers()):
+            be.copy_(b)
+
+
+# ------------------------------------------------------------- checkpoints
+def _restore(state: dict, meta: dict, modules: dict[str, Any]) -> None:
+    if state.get("meta") != meta:
+        raise TrainingError(
+            f"GAN checkpoint at step {state['step']} was made for {state.get('meta')}, not {meta}; "
+            "use another checkpoint folder"
+        )
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise TrainingError(f"GAN checkpoint at step {state['step']} does not fit these networks: {exc}") from exc
+
+
+# -------------------------------------------------------------------- loop
+def finetune_decoder(
+    decoder: nn.Module,
+    images: Any,
+    paired_codes: Any,
+    generated_codes: Any,
+    cfg: GANConfig,
+    checkpoints: CheckpointDir | None = None,
+    arch: str = "auto",
+    width: int = 64,
+    progress: bool = True,
+    log_every: int = 10,
+) -> GANResult:
+    """Fine-tune a copy of ``decoder`` as the AE-OT-GAN generator; ``decoder`` is not modified.
+
+    ``images[i]`` is the example ``paired_codes[i]`` was encoded from;
+    ``generated_codes`` (may be ``None``) come from :func:`vegan.ot.generate.generate`.
+    The discriminator is ``vegan.nets.Discriminator(shape, arch, width)``.
+    Resumes from the newest loadable checkpoint in ``checkpoints``. Returns the
+    EMA generator on CPU in eval mode; with ``cfg.steps == 0`` or
+    ``cfg.enabled`` false, a copy of the decoder. Raises ``ValueError`` on
+    inconsistent inputs, :class:`~vegan.training.TrainingError` on a non-finite
+    loss, :class:`~vegan.training.TrainingInterrupted` after checkpointing on SIGTERM.
+    """
+    if not cfg.enabled or cfg.steps == 0:
+        return GANResult(copy.deepcopy(decoder).cpu().eval(), [], 0)
+    images, paired, generated = _check_inputs(decoder, images, paired_codes, generated_codes)
+    device = resolve_device(cfg.device)
+    shape = tuple(images.shape[1:])
+
+    gen_net = copy.deepcopy(decoder).to(device).train()
+    ema = copy.deepcopy(gen_net).eval().requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # a deterministic critic without touching the global RNG
+        torch.manual_seed(_mix(cfg.seed, 1))
+        disc = Discriminator(shape, arch, width, spectral_norm=cfg.spectral_norm).to(device).train()
+    opt_g = torch.optim.Adam(gen_net.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    modules = {"generator": gen_net, "ema": ema, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
+    meta = {"shape": list(shape), "latent_dim": paired.shape[1], "arch": arch, "width": width,
+            "loss": cfg.loss, "spectral_norm": cfg.spectral_norm}
+
+    if checkpoints is not None:
+        checkpoints = CheckpointDir(checkpoints.storage, keep=cfg.keep_checkpoints)
+    state = checkpoints.load_latest() if checkpoints is not None else None
+    start, history, seconds, resumed_from = 0, [], 0.0, None
+    if state is not None:
+        _restore(state, meta, modules)
+        start = resumed_from = state["step"]
+        history, seconds = state["history"], state["seconds"]
+        log.info("resuming GAN fine-tuning from step %d", start)
+
+    def save(step: int) -> None:
+        if checkpoints is not None:
+            checkpoints.save(step, {"meta": meta, "history": history, "seconds": time.perf_counter() - t0,
+                                    **{name: m.state_dict() for name, m in modules.items()}})
+
+    b = cfg.batch_size
+    pairs = BatchIndices(len(paired), b, cfg.seed)
+    reals = BatchIndices(len(paired), b, _mix(cfg.seed, 2))
+    extra = BatchIndices(len(generated), b, _mix(cfg.seed, 3)) if len(generated) else None
+    t0 = time.perf_counter() - seconds
+    bar = tqdm(
+        total=cfg.steps, initial=min(start, cfg.steps), disable=not progress, desc="AE-OT-GAN", dynamic_ncols=True
+    )
+    with _sigterm_event() as sigterm, bar:
+        for step in range(start, cfg.steps):
+            noise = torch.Generator(device=device).manual_seed(_mix(cfg.seed, 4, step))
+            idx = pairs(step)
+            x_p, y_p = images[idx].to(device), paired[idx].to(device)
+            real = images[reals(step)].to(device)
+            codes = y_p if extra is None else torch.cat([y_p, generated[extra(step)].to(device)])
+            fake = gen_net(codes)
+
+            d_loss, d_extra = _d_loss(cfg, disc, real, fake.detach(), noise)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+            disc.requires_grad_(False)
+            g_adv = -disc(fake).mean()
+            pixel = (fake[: len(idx)] - x_p).abs().mean()
+            with torch.no_grad():
+                real_features = disc.features(x_p)
+            feature = (disc.features(fake[: len(idx)]) - real_features).abs().mean()
+            content = pixel + cfg.feature_weight * feature
+            g_loss = g_adv + cfg.content_weight * content
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            disc.requires_grad_(True)
+            _update_ema(ema, gen_net, cfg.ema, step)
+
+            done = step + 1
+            values = {"d_loss": d_loss, "g_adv": g_adv, "content": content, "pixel": pixel, "feature": feature,
+                      **d_extra}
+            losses = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingError(
+                    f"AE-OT-GAN: non-finite loss {', '.join(f'{k}={losses[k]}' for k in bad)} at step {done}; "
+                    "lower cfg.lr_g / cfg.lr_d. The last checkpoint is kept."
+                )
+            if done % log_every == 0 or done == cfg.steps or done == 1:
+                history.append({"step": done, **losses, "seconds": time.perf_counter() - t0})
+            bar.update(1)
+            bar.set_postfix({"d": f"{losses['d_loss']:.3g}", "content": f"{losses['content']:.3g}"}, refresh=False)
+            if done == cfg.steps or done % cfg.checkpoint_every == 0 or sigterm.is_set():
+                save(done)
+            if sigterm.is_set() and done < cfg.steps:
+                raise TrainingInterrupted(done)
+
+    return GANResult(ema.cpu().eval(), history, max(start, cfg.steps), resumed_from)

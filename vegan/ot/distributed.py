@@ -1,0 +1,228 @@
+"""Dask execution of the solver's one expensive call: cell counts for an iteration's samples.
+
+Two modes (``OTConfig.mode``):
+
+* ``samples`` (default): every worker holds all targets (loaded once: from the
+  Zarr store the codes came from, or scattered with ``broadcast=True``) and
+  counts its own contiguous range of sample slices, which it regenerates from
+  ``(seed, iteration, slice)``. Only ``h`` goes out and ``int32`` counts plus
+  per-slice score sums come back: O(n) bytes per worker per iteration.
+* ``targets``: each worker holds one contiguous shard of targets and scores
+  the whole sample set against it, returning per-sample ``(max, argmax)``;
+  shards are merged pairwise as a tree (lower shard wins ties, so the lowest
+  global index wins as in the single-process kernel).
+
+Both call :func:`vegan.ot.solver.count_slices` / the same kernel slice by
+slice, so a solve gives the same ``h`` on any number of workers. A task lost
+with its worker is rerun by the scheduler (``retries``); if the targets
+themselves were lost, they are scattered again and the iteration resubmitted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from vegan.config import OTConfig
+from vegan.ot.assign import assign_counts, choose_chunking
+from vegan.ot.problem import OTProblem, sample_slice, scale_targets
+from vegan.ot.solver import count_slices, resolve_device
+
+log = logging.getLogger(__name__)
+
+TASK_RETRIES = 3
+RESUBMITS = 3
+
+# Worker-side cache: targets loaded from Zarr, keyed by problem fingerprint, so
+# each worker process reads them once per solve rather than once per iteration.
+_TARGETS: dict[str, torch.Tensor] = {}
+
+
+def _worker_setup() -> None:
+    """One BLAS thread per worker: Dask runs one task per core."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _targets_on_worker(ysrc: Any, device: str) -> torch.Tensor:
+    """The scaled targets: a scattered array (zero copy) or ``("zarr", token, url, options, center, scale)``."""
+    dev = resolve_device(device)
+    if isinstance(ysrc, np.ndarray):
+        if dev.type == "cpu":
+            return torch.from_numpy(ysrc)  # zero copy of the array the worker already holds
+        key = f"scattered-{id(ysrc)}-{dev}"  # stable while the worker holds that array
+        if key not in _TARGETS:
+            _TARGETS[key] = torch.from_numpy(ysrc).to(dev)
+        return _TARGETS[key]
+    _, token, url, options, center, scale = ysrc
+    if token not in _TARGETS:
+        import zarr
+
+        _TARGETS.clear()  # one solve per worker at a time; drop older problems' targets
+        arr = zarr.open_array(url, mode="r", storage_options=options or None)
+        _TARGETS[token] = torch.from_numpy(scale_targets(arr[...], center, scale)).to(dev)
+    return _TARGETS[token]
+
+
+def _count_task(ysrc, h, start, stop, *, seed, tag, iteration, slice_size, source, sampler, precision, device):
+    _worker_setup()
+    y = _targets_on_worker(ysrc, device)
+    counts, sums = count_slices(
+        y, h, seed=seed, tag=tag, iteration=iteration, slices=range(start, stop),
+        slice_size=slice_size, source=source, sampler=sampler, precision=precision,
+    )
+    return counts.astype(np.int32), sums
+
+
+def _shard_task(yshard, offset, h, n_slices, *, seed, tag, iteration, slice_size, source, sampler, precision, device):
+    """Per-sample (max, global argmax) of all samples against one target shard."""
+    _worker_setup()
+    y = _targets_on_worker(yshard, device)
+    ht = torch.as_tensor(h, dtype=torch.float32, device=y.device)
+    chunking = choose_chunking(y.shape[0], y.shape[1], y.device)
+    best, idx = [], []
+    for index in range(n_slices):
+        x = sample_slice(y.shape[1], slice_size, seed=seed, tag=tag, iteration=iteration, index=index,
+                         source=source, sampler=sampler, device=y.device)
+        res = assign_counts(x, y, ht, chunking=chunking, precision=precision)
+        best.append(res.max_scores.cpu().numpy())
+        idx.append((res.idx + offset).to(torch.int32).cpu().numpy())
+    return np.concatenate(best), np.concatenate(idx)
+
+
+def _merge_task(lo, hi):
+    """Merge two shards' (max, argmax); ``lo`` holds the lower target indices and wins ties."""
+    take = hi[0] > lo[0]
+    return np.where(take, hi[0], lo[0]), np.where(take, hi[1], lo[1])
+
+
+def _split(total: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous, near-equal, non-empty ranges covering ``range(total)``."""
+    parts = max(1, min(parts, total))
+    bounds = np.linspace(0, total, parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _zarr_location(y: Any) -> tuple[str, dict] | None:
+    """URL and fsspec options of a Zarr v3 array on a local or fsspec store, else None."""
+    try:
+        import zarr
+        import zarr.storage
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        return None
+    if not isinstance(y, zarr.Array):
+        return None
+    store, path = y.store, y.path
+    if isinstance(store, zarr.storage.LocalStore):
+        root = str(store.root)
+        return (f"{root}/{path}" if path else root), {}
+    if isinstance(store, zarr.storage.FsspecStore):
+        proto = store.fs.protocol[0] if isinstance(store.fs.protocol, (tuple, list)) else store.fs.protocol
+        full = f"{store.path}/{path}" if path else store.path
+        return f"{proto}://{full}", dict(getattr(store.fs, "storage_options", {}) or {})
+    return None
+
+
+class DaskEvaluator:
+    """Callable ``(h, tag, iteration, n_slices, slice_size) -> (counts, sums)`` on a Dask cluster."""
+
+    def __init__(self, problem: OTProblem, cfg: OTConfig, client=None, y_raw: Any = None):
+        from distributed import Client, LocalCluster
+
+        self.problem, self.cfg = problem, cfg
+        self._owned = []
+        if client is None:
+            if cfg.dask == "local" or cfg.dask == "none":
+                cluster = LocalCluster(
+                    n_workers=cfg.n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+                )
+                client = Client(cluster)
+                self._owned = [client, cluster]
+            else:
+                client = Client(cfg.dask)
+                self._owned = [client]
+        self.client = client
+        self.token = problem.fingerprint()
+        self.zarr = _zarr_location(y_raw) if cfg.mode == "samples" else None
+        self._publish()
+
+    # ----------------------------------------------------------- targets
+    def _n_workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def _publish(self) -> None:
+        """Put the targets where the tasks will find them (once per solve, again after a loss)."""
+        p = self.problem
+        if self.cfg.mode == "samples":
+            if self.zarr is not None:
+                url, options = self.zarr
+                self.ysrc = ("zarr", self.token, url, options, p.center, p.scale)
+            else:
+                self.ysrc = self.client.scatter(p.y, broadcast=True, hash=False)
+        else:
+            self.shards = [
+                (a, self.client.scatter(np.ascontiguousarray(p.y[a:b]), hash=False))
+                for a, b in _split(p.n, self._n_workers())
+            ]
+
+    # ---------------------------------------------------------- counting
+    def _kwargs(self, tag, iteration, slice_size) -> dict:
+        return dict(
+            seed=self.cfg.seed, tag=tag, iteration=iteration, slice_size=slice_size,
+            source=self.problem.source, sampler=self.cfg.sampler, precision=self.cfg.precision,
+            device=self.cfg.device,
+        )
+
+    def _samples(self, h, tag, iteration, k, slice_size):
+        hf = h.astype(np.float32)
+        futures = [
+            self.client.submit(_count_task, self.ysrc, hf, a, b, pure=False, retries=TASK_RETRIES,
+                               **self._kwargs(tag, iteration, slice_size))
+            for a, b in _split(k, self._n_workers())
+        ]
+        parts = self.client.gather(futures)
+        counts = np.zeros(self.problem.n, dtype=np.int64)
+        for c, _ in parts:
+            counts += c
+        return counts, np.concatenate([s for _, s in parts])
+
+    def _targets(self, h, tag, iteration, k, slice_size):
+        hf = h.astype(np.float32)
+        kw = self._kwargs(tag, iteration, slice_size)
+        level = [
+            self.client.submit(_shard_task, ys, a, hf[a : a + len_], k, pure=False, retries=TASK_RETRIES, **kw)
+            for (a, ys), len_ in zip(self.shards, self._shard_lengths())
+        ]
+        while len(level) > 1:  # pairwise tree; order kept so lower shards stay on the left
+            nxt = [self.client.submit(_merge_task, level[i], level[i + 1], pure=False, retries=TASK_RETRIES)
+                   for i in range(0, len(level) - 1, 2)]
+            level = nxt + ([level[-1]] if len(level) % 2 else [])
+        best, idx = level[0].result()
+        counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64)
+        sums = np.array([torch.from_numpy(best[i * slice_size : (i + 1) * slice_size]).double().sum().item()
+                         for i in range(k)])
+        return counts, sums
+
+    def _shard_lengths(self) -> list[int]:
+        starts = [a for a, _ in self.shards] + [self.problem.n]
+        return [b - a for a, b in zip(starts[:-1], starts[1:])]
+
+    def __call__(self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int):
+        run = self._samples if self.cfg.mode == "samples" else self._targets
+        for attempt in range(RESUBMITS + 1):
+            try:
+                return run(h, tag, iteration, n_slices, slice_size)
+            except Exception as exc:  # noqa: BLE001 - lost workers surface as several types
+                if attempt == RESUBMITS:
+                    raise
+                log.warning("OT iteration %d failed on the cluster (%s: %s); resubmitting",
+                            iteration, type(exc).__name__, exc)
+                self._publish()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for obj in self._owned:
+            obj.close()
