@@ -149,8 +149,8 @@ def test_our_fid_equals_scipy_frechet_on_same_features(mnist_test):
     assert ours == pytest.approx(ref, rel=1e-3)
 
 
-def test_same_names_work_through_torch_fidelity_calculate_metrics(mnist_test):
-    """The registered extractor is usable by name from torch-fidelity's own entry point."""
+def test_same_names_work_through_torch_fidelity_calculate_metrics(mnist_test, tmp_path):
+    """The registered extractor (here: the cached classifier file) is usable from torch-fidelity's own entry point."""
     import torch_fidelity
 
     class Uint8Set(torch.utils.data.Dataset):
@@ -165,10 +165,12 @@ def test_same_names_work_through_torch_fidelity_calculate_metrics(mnist_test):
 
     cfg = EvalConfig(n_samples=200, **FAST)
     real, gen = mnist_test.data[:200], _fashion(200)
-    ours = evaluate_sets(real, {"g": gen}, cfg, labels=mnist_test.labels[:200], progress=False)["g"]
-    model = feature_space(cfg, real, mnist_test.labels[:200]).extractor.classifier
+    cache = Storage(str(tmp_path))
+    ours = evaluate_sets(real, {"g": gen}, cfg, cache=cache, labels=mnist_test.labels[:200], progress=False)["g"]
+    (weights,) = (tmp_path / "domain-classifier").glob("*.pt")
     theirs = torch_fidelity.calculate_metrics(
-        input1=Uint8Set(gen), input2=Uint8Set(real), feature_extractor="vegan-domain", domain_classifier=model,
+        input1=Uint8Set(gen), input2=Uint8Set(real), feature_extractor="vegan-domain",
+        feature_extractor_weights_path=str(weights),
         fid=True, prc=True, cuda=False, cache=False, verbose=False, save_cpu_ram=True,
     )  # fmt: skip
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
@@ -291,3 +293,17 @@ def test_extraction_on_dask_workers_matches_local(mnist_test):
             remote = extract_features(mnist_test.data[:200], space, batch_size=64, client=client)
     for layer in space.layers:
         torch.testing.assert_close(remote[layer], local[layer])
+
+
+def test_download_failure_of_torch_fidelity_extractor_points_to_offline_options(monkeypatch):
+    """inception-v3-compat stays selectable by name; offline, the error says what to use instead."""
+    import urllib.error
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(tfi, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match="inception-tf"):
+        feature_space(EvalConfig(extractor="inception-v3-compat"))

@@ -45,12 +45,12 @@ def test_nearest_neighbour_grid_finds_copies(tmp_path, digits):
     st = Storage(str(tmp_path))
     train = digits[:500]
     samples = torch.cat([train[[7, 42]], torch.rand(2, 1, 8, 8)])
-    dist = report.nearest_neighbour_grid(st, "nn.png", samples, train, k=3)
-    assert dist.shape == (4, 3) and (dist[:, :-1] <= dist[:, 1:]).all()
+    dist = report.nearest_neighbour_grid(st, "nn.png", samples, train, k=4)
+    assert dist.shape == (4, 4) and (dist[:, :-1] <= dist[:, 1:]).all()
     assert dist[:2, 0].abs().max() == 0  # exact copies are found at distance 0
     assert (dist[2:, 0] > 0).all()
     img = _png(st, "nn.png")
-    assert img.size[0] > img.size[1]  # 4 columns (sample + 3 neighbours) for 4 rows, padded
+    assert img.size[0] > img.size[1]  # 5 columns (sample + 4 neighbours), 4 rows
     feats = report.nearest_neighbour_grid(
         st, "nn_feat.png", samples, train, k=2, sample_features=samples.flatten(1), train_features=train.flatten(1)
     )
@@ -72,7 +72,8 @@ def test_plots_are_valid_pngs(tmp_path):
     report.plot_ot_history(st, "ot_energy_only.png", [{"iteration": 0, "energy": 1.0}, {"iteration": 1, "energy": 0.5}])
     grid = load_dataset(DataConfig(name="grid2d", limit=1000)).data.numpy()
     report.plot_grid2d(st, "grid.png", grid, grid[:200] + 0.1)
-    for name in ("pca.png", "pca_nolabels.png", "ot.png", "ot_energy_only.png", "grid.png"):
+    report.plot_grid2d(st, "grids.png", grid, {"good": grid[:300], "collapsed": grid[:300] * 0, "off": grid + 1})
+    for name in ("pca.png", "pca_nolabels.png", "ot.png", "ot_energy_only.png", "grid.png", "grids.png"):
         w, h = _png(st, name).size
         assert w > 200 and h > 200
 
@@ -97,7 +98,7 @@ def test_write_report_writes_markdown_and_strict_json(tmp_path):
     assert "| aeot | 4.2 |" in text and "![samples](samples.png)" in text and "## Config" in text
     assert (tmp_path / "run" / "eval" / "samples.png").is_file()  # the embedded path resolves
     loaded = json.loads(st.read_text("metrics.json"), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert loaded["aeot"]["kid_mean"] is None and loaded["grid"]["mode_counts"][12] == 0
+    assert loaded["aeot"]["kid_mean"] is None and loaded["grid"]["mode_counts"][12] == 10  # (0, 0) is mode 12
 
 
 def test_report_on_object_storage(s3_bucket):

@@ -129,6 +129,8 @@ def plot_codes_pca(storage: Storage, rel: str, codes, generated, labels=None, ma
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
     if labels is not None:
+        if len(labels) != len(codes):
+            raise ValueError(f"{len(labels)} labels for {len(codes)} codes")
         lab = np.asarray(torch.as_tensor(labels).cpu())[ic]
         sc = ax.scatter(pc[:, 0], pc[:, 1], c=lab, cmap="tab10", s=4, alpha=0.5)
         fig.colorbar(sc, ax=ax, label="label")
@@ -173,18 +175,32 @@ def plot_ot_history(storage: Storage, rel: str, history: list[Mapping[str, Any]]
 
 
 def plot_grid2d(storage: Storage, rel: str, real, generated, max_points: int = 5000) -> str:
-    """Scatter of real and generated points of the 25-Gaussian grid, modes circled at 3 std."""
-    real, gen = np.asarray(real, dtype=np.float64), np.asarray(generated, dtype=np.float64)
-    real, gen = real[_subsample(real, max_points)], gen[_subsample(gen, max_points, seed=1)]
-    fig = Figure(figsize=(6, 6))
-    ax = fig.add_subplot()
-    ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.3, color="tab:blue", label="real")
-    ax.scatter(gen[:, 0], gen[:, 1], s=3, alpha=0.5, color="tab:red", label="generated")
+    """Scatter of real and generated points of the 25-Gaussian grid, modes circled at 3 std.
+
+    ``generated`` is one (N, 2) array or ``{name: array}``; several sets get one panel each
+    so that a collapsed set cannot hide behind a good one.
+    """
+    sets = dict(generated) if isinstance(generated, Mapping) else {"generated": generated}
+    real = np.asarray(real, dtype=np.float64)
+    real = real[_subsample(real, max_points)]
+    cols = min(3, len(sets))
+    rows = math.ceil(len(sets) / cols)
+    fig = Figure(figsize=(4.5 * cols, 4.5 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     t = np.linspace(0, 2 * np.pi, 60)
-    for mx, my in GRID_MEANS:
-        ax.plot(mx + 3 * GRID_STD * np.cos(t), my + 3 * GRID_STD * np.sin(t), color="black", lw=0.6)
-    ax.set(aspect="equal", title="2-D grid: real vs generated")
-    ax.legend(loc="upper right", markerscale=4)
+    for ax, (name, gen) in zip(axes, sets.items()):
+        gen = np.asarray(gen, dtype=np.float64)
+        gen = gen[_subsample(gen, max_points, seed=1)]
+        ax.scatter(real[:, 0], real[:, 1], s=3, alpha=0.3, color="tab:blue", label="real")
+        ax.scatter(gen[:, 0], gen[:, 1], s=3, alpha=0.5, color="tab:red", label=name)
+        for mx, my in GRID_MEANS:
+            ax.plot(mx + 3 * GRID_STD * np.cos(t), my + 3 * GRID_STD * np.sin(t), color="black", lw=0.6)
+        # Fixed axes around the grid, widened for sets that drift off it (ignoring the wildest 1%).
+        lim = max(5.5, 1.05 * float(np.percentile(np.abs(gen), 99))) if len(gen) else 5.5
+        ax.set(aspect="equal", title=name, xlim=(-lim, lim), ylim=(-lim, lim))
+        ax.legend(loc="upper right", markerscale=4, fontsize=8)
+    for ax in axes[len(sets) :]:
+        ax.set_axis_off()
     return _save_figure(storage, rel, fig)
 
 

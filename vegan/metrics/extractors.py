@@ -31,6 +31,7 @@ import logging
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,18 @@ class TrainedClassifier:
     cached: bool
 
 
+@contextmanager
+def _one_intra_op_thread():
+    """Train the tiny classifier on one thread: its ops are too small to split, and on a
+    busy 2-core machine two threads cost 6x more CPU per step (48 ms vs 7.7 ms measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_domain_classifier(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -232,12 +245,13 @@ def train_domain_classifier(
         model.std.fill_(0.5)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     model.train()
-    for _ in range(steps):
-        b = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
-        loss = F.cross_entropy(model(xt[b]), yt[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with _one_intra_op_thread():
+        for _ in range(steps):
+            b = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
+            loss = F.cross_entropy(model(xt[b]), yt[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     model.eval().requires_grad_(False)
     with torch.no_grad():
         model.feature_scale.copy_(model.embed(xt[:2048]).pow(2).mean().sqrt().clamp_min(1e-6))

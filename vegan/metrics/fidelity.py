@@ -110,7 +110,9 @@ def feature_space(
         )  # fmt: skip
         kwargs["domain_classifier"] = trained.model
         fingerprint = f"{name}-{trained.key}"
-        info.update(domain_accuracy=trained.accuracy, domain_train_seconds=trained.seconds, domain_cached=trained.cached)
+        info.update(
+            domain_accuracy=trained.accuracy, domain_train_seconds=trained.seconds, domain_cached=trained.cached
+        )
     elif name == INCEPTION_TF_OFFLINE:
         if cfg.inception_path:
             kwargs["feature_extractor_weights_path"] = cfg.inception_path
@@ -121,7 +123,13 @@ def feature_space(
     layer = cls.get_default_feature_layer_for_metric("fid")
     isc_layer = _isc_layer(cls)
     layers = [layer] if isc_layer is None else [layer, isc_layer]
-    extractor = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
+    try:
+        extractor = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
+    except OSError as exc:  # URLError included: torch-fidelity's own extractors download their weights
+        raise RuntimeError(
+            f"cannot load weights of feature extractor {name!r} ({exc}); without internet use "
+            "extractor='inception-tf' (local TorchScript TF-Inception) or 'domain'"
+        ) from exc
     extractor.to(resolve_device(cfg.device))
     return FeatureSpace(extractor, fingerprint, layer, isc_layer, {"name": name, "layers": layers, **kwargs}, info)
 
@@ -274,7 +282,9 @@ def evaluate_sets(
     out = {}
     for name, x in sets.items():
         if tuple(x.shape[1:]) != tuple(real.shape[1:]):
-            raise ValueError(f"set {name!r} has examples of shape {tuple(x.shape[1:])}, reference {tuple(real.shape[1:])}")
+            raise ValueError(
+                f"set {name!r} has examples of shape {tuple(x.shape[1:])}, reference {tuple(real.shape[1:])}"
+            )
         gen = extract_features(x[: cfg.n_samples], space, cfg.batch_size, client, progress, desc=name)
         out[name] = compare_features(ref, gen, space, cfg)
     return out
