@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer samples and repeats (smoke run)")
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask measurements")
     args = ap.parse_args()
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else 2
     result = {"peak_gflops": peak_gflops(2048 if args.quick else 4096, repeats + 1), "threads": torch.get_num_threads()}
     client = None
     if not args.no_dask:
@@ -139,7 +139,7 @@ def main() -> None:
         client = Client(cluster)
     try:
         runs = []
-        for n, samples in [(100_000, 8192 if args.quick else 32768), (1_000_000, 4096 if args.quick else 16384)]:
+        for n, samples in [(100_000, 8192 if args.quick else 16384), (1_000_000, 4096 if args.quick else 8192)]:
             r = bench_n(n, samples, repeats, client)
             r["frac_of_peak"] = r["kernel_gflops"] / result["peak_gflops"]
             runs.append(r)

@@ -68,7 +68,9 @@ def run_pot(y, cfg: OTConfig, seconds: float, n_source: int) -> dict:
     x = qmc.Sobol(ys.shape[1], scramble=True, seed=cfg.seed).random(n_source) * 2 - 1
     cost = ot.dist(x, ys) / 2
     a = np.full(n_source, 1 / n_source)
-    reg = 1e-3 * float(cost.mean())
+    # POT does not stabilise exp(-(M - v)/reg): a smaller reg underflows to 0/0, and its
+    # default step (reg * n_source) overflows; lr=1 with this reg stays finite.
+    reg = 0.02 * float(cost.mean())
     t = time.perf_counter()
     ot.stochastic.averaged_sgd_entropic_transport(a, problem.nu, cost, reg, numItermax=2000, lr=1.0, random_state=0)
     per_iter = (time.perf_counter() - t) / 2000
@@ -93,7 +95,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--n-samples", type=int, default=20_000)
     ap.add_argument("--max-samples", type=int, default=1_000_000)
-    ap.add_argument("--pot-source", type=int, default=20_000, help="source points for POT's discrete problem")
+    ap.add_argument("--pot-source", type=int, default=16_384, help="source points for POT's discrete problem")
     args = ap.parse_args()
     y = np.random.default_rng(0).normal(size=(args.n, args.d))
     cfg = OTConfig(

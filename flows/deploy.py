@@ -41,8 +41,6 @@ class FlowTarget:
 
     module: str
     attr: str
-    takes_run: bool = True
-    """The flow has ``config: PipelineConfig`` and ``storage: str`` parameters."""
     gpu: bool = False
     """Training stages that a GPU speeds up; they go to the GPU pool when one is given."""
     pipeline: bool = False
@@ -65,7 +63,7 @@ TARGETS: tuple[FlowTarget, ...] = (
     FlowTarget("flows.stages", "generate_stage"),
     FlowTarget("flows.stages", "gan_stage", gpu=True),
     FlowTarget("flows.stages", "eval_stage"),
-    FlowTarget("flows.compare", "compare_models_flow", takes_run=False),
+    FlowTarget("flows.compare", "compare_models_flow"),
 )
 
 
@@ -87,8 +85,11 @@ def build_deployments(
     ``preset``/``config_path``/``overrides`` build the default ``config`` parameter exactly
     as ``vegan run`` does; ``storage`` (any fsspec URL) is the default run folder, shared by
     the pipeline and the stage flows so that a stage deployment picks up where another
-    stopped. ``cron`` schedules the full pipeline only: stages are triggered by hand.
+    stopped. A flow gets only the defaults it has parameters for (the compare flow takes
+    no ``config``). ``cron`` schedules the full pipeline only: stages are triggered by hand.
     """
+    import inspect
+
     from prefect.deployments.runner import EntrypointType
 
     from vegan.config import load_config
@@ -102,11 +103,12 @@ def build_deployments(
     deployments = []
     for target in targets:
         flow = target.load()
+        accepted = inspect.signature(flow.fn).parameters
         pool = (gpu_work_pool if target.gpu and gpu_work_pool else work_pool) if work_pool else None
         deployments.append(
             flow.to_deployment(
                 name=config.name,
-                parameters=dict(defaults) if target.takes_run else None,
+                parameters={k: v for k, v in defaults.items() if k in accepted},
                 cron=cron if target.pipeline and cron else None,
                 tags=[*tags, config.name, *(["gpu"] if pool and pool == gpu_work_pool else [])],
                 work_pool_name=pool,

@@ -118,3 +118,26 @@ def _ot_history(run: "Run") -> list[dict]:
         return list(load_result(run.dir("ot")).history)
     except FileNotFoundError:
         return []
+
+
+def make_evaluate_fn(data_cfg, eval_cfg, cache=None, progress: bool = False):
+    """``{name: samples} -> {name: metrics}`` against the held-out split of ``data_cfg``.
+
+    Images get :func:`vegan.metrics.evaluate_sets`; vector data (the 2-D grid)
+    gets :func:`vegan.metrics.grid_metrics`. Used by the compare flow so every
+    model is scored by exactly the same code as the pipeline's eval stage.
+    """
+    from vegan.data import load_dataset
+    from vegan.metrics import evaluate_sets, grid_metrics
+
+    test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": eval_cfg.n_samples}))
+
+    def evaluate_fn(sets: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        if not test.is_image:
+            return {name: grid_metrics(np.asarray(v.detach().numpy())) for name, v in sets.items()}
+        return evaluate_sets(
+            test.data, {k: v.detach().clamp(0, 1) for k, v in sets.items()}, eval_cfg, cache=cache,
+            real_hash=test.content_hash(), labels=test.labels, progress=progress,
+        )
+
+    return evaluate_fn

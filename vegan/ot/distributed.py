@@ -135,7 +135,7 @@ class DaskEvaluator:
         self.problem, self.cfg = problem, cfg
         self._owned = []
         if client is None:
-            if cfg.dask == "local" or cfg.dask == "none":
+            if cfg.dask in ("local", "none"):
                 cluster = LocalCluster(
                     n_workers=cfg.n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
                 )

@@ -261,7 +261,15 @@ def warm_start_potential(problem: OTProblem, cfg: OTConfig, make_evaluator) -> n
     coarse_nu = np.bincount(group_np, weights=problem.nu, minlength=m)[keep]
     remap = np.cumsum(keep) - 1
     coarse = OTProblem(coarse_y, coarse_nu / coarse_nu.sum(), problem.center, problem.scale, problem.source)
-    ccfg = cfg.model_copy(update={"warm_start": False, "seed": cfg.seed + 1})
+    # Same samples per cell as the full solve, so the coarse solve costs ~m/n of an iteration.
+    frac = len(coarse_y) / n
+    ccfg = cfg.model_copy(update={
+        "warm_start": False,
+        "seed": cfg.seed + 1,
+        "n_samples": max(1, int(cfg.n_samples * frac)),
+        "max_samples": max(1, int(cfg.max_samples * frac)),
+        "eval_samples": max(1, int(cfg.eval_samples * frac)),
+    })
     state = init_state(coarse, ccfg)
     evaluate = make_evaluator(coarse, ccfg)
     while state.iteration < ccfg.max_iter and not is_converged(state, ccfg):
