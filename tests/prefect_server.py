@@ -52,10 +52,13 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM then SIGKILL the process group we created for ``proc`` (it has children)."""
+    """SIGTERM then SIGKILL the process group we created for ``proc`` (it has children).
+
+    Not SIGINT: a test run started in the background inherits SIGINT ignored.
+    """
     if proc.poll() is not None:
         return
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -104,3 +104,20 @@ def test_failed_ot_then_resume_reuses_finished_stages(tiny_run, monkeypatch):
     assert states["ot"] == "Completed" and states["eval"] == "Completed"
     assert {p: st.fs.info(p)["mtime"] for p in stamps} == stamps  # finished work untouched
     assert all(e["status"] == "done" for e in Manifest(st, cfg2).status().values())
+
+
+def test_compare_flow_writes_one_table_for_all_models(harness, tmp_path):
+    from flows.compare import compare_models_flow
+    from vegan.config import AEConfig, DataConfig, EvalConfig
+
+    state = compare_models_flow(
+        models=["ae", "wae-mmd", "wgan-gp"], data=DataConfig(name="digits", limit=256),
+        budget=AEConfig(steps=30, latent_dim=4, width=16, batch_size=32), eval=EvalConfig(n_samples=128),
+        storage=str(tmp_path), n_samples=128, return_state=True,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert set(result["metrics"]) == {"ae", "wae-mmd", "wgan-gp"}
+    table = (tmp_path / "compare" / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in ("ae", "wae-mmd", "wgan-gp"))
+    assert (tmp_path / "compare" / "samples.png").read_bytes().startswith(b"\x89PNG")

@@ -71,6 +71,33 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
         print(f"{name:<18}" + "".join(f"{m.get(c, float('nan')):>14.4g}" for c in cols))
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    cfg = load_config(preset=args.preset, path=args.config, overrides=args.set)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    storage = args.storage or os.path.join("runs", f"compare-{args.preset or cfg.name}")
+    if args.no_prefect:
+        from vegan.compare import compare_models
+        from vegan.evaluation import make_evaluate_fn
+        from vegan.storage import Storage
+
+        store = Storage(storage)
+        store.check_writable()
+        result = compare_models(cfg.data, models, cfg.ae, store,
+                                make_evaluate_fn(cfg.data, cfg.eval, cache=store.sub("cache")),
+                                n_samples=args.n_samples, progress=True)
+    else:
+        _prefect_env()
+        from flows.compare import compare_models_flow
+
+        result = compare_models_flow(models=models, data=cfg.data, budget=cfg.ae, eval=cfg.eval, storage=storage,
+                                     n_samples=args.n_samples)
+    print()
+    _print_metrics(result["metrics"])
+    for name, uri in result["files"].items():
+        print(f"{name:<12} {uri}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from vegan.manifest import Manifest
     from vegan.storage import Storage
@@ -86,15 +113,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _prefect_env()
-    if args.api:
-        os.environ["PREFECT_API_URL"] = args.api
     from flows import deploy
 
+    common = dict(preset=args.preset, config_path=args.config, overrides=args.set, storage=args.storage,
+                  cron=args.cron, api_url=args.api)
     if args.deploy:
-        for name in deploy.deploy_all(work_pool=args.work_pool):
-            print(f"registered deployment {name}")
+        ids = deploy.deploy_all(work_pool=args.work_pool, gpu_work_pool=args.gpu_work_pool, **common)
+        print(f"registered {len(ids)} deployments on work pool {args.work_pool!r}"
+              + (f" (GPU stages on {args.gpu_work_pool!r})" if args.gpu_work_pool else ""))
         return 0
-    deploy.serve_deployments(cron=args.cron)
+    deploy.serve_deployments(**common)
     return 0
 
 
@@ -112,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
+    c = sub.add_parser("compare", help="train several cookbook models on one budget and compare them")
+    c.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="data, budget and eval settings")
+    c.add_argument("--config", help="YAML file applied over the preset")
+    c.add_argument("--models", default="ae,vae,wae-mmd,wae-gan,aae,wgan-gp", help="comma-separated model names")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ae.steps=500")
+    c.add_argument("--storage", help="output folder URL (default ./runs/compare-<preset>)")
+    c.add_argument("--n-samples", type=int, default=500, help="samples per model for the metrics")
+    c.add_argument("--no-prefect", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
     s = sub.add_parser("status", help="show each stage's status, key and output")
     s.add_argument("--storage", required=True, help="run folder URL")
     s.add_argument("--json", action="store_true")
@@ -119,9 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("serve", help="serve (or register) the Prefect deployments")
     v.add_argument("--api", help="Prefect API URL (default: PREFECT_API_URL)")
+    v.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="default parameters of the deployments")
+    v.add_argument("--config", help="YAML file applied over the preset")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--storage", help="default run folder URL of the deployments")
+    v.add_argument("--cron", default=None, help="cron schedule for the full pipeline, e.g. '0 2 * * *'")
     v.add_argument("--deploy", action="store_true", help="register deployments on a work pool instead of serving")
     v.add_argument("--work-pool", default="cpu", help="work pool for --deploy")
-    v.add_argument("--cron", default=None, help="cron schedule for the full pipeline, e.g. '0 2 * * *'")
+    v.add_argument("--gpu-work-pool", default=None, help="work pool for the heavy stages (ae, ot, gan)")
     v.set_defaults(func=cmd_serve)
     return p
 
