@@ -83,3 +83,26 @@ def test_killed_worker_iteration_is_retried(client, targets):
 def test_local_mode_starts_its_own_cluster(targets, single):
     res = solve(targets, max_iter=25, dask="local", n_workers=2, **KW)
     np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_counting_tasks_land_on_gpu_workers(targets, single):
+    """Workers started with ``--resources GPU=1`` get every counting task; the others none."""
+    import subprocess
+    import sys
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  resources={"GPU": 1}) as cluster, distributed.Client(cluster) as c:
+        cpu_worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                       "--nthreads", "1", "--no-dashboard"], stderr=subprocess.DEVNULL)
+        try:
+            c.wait_for_workers(2, timeout=60)
+            gpu = [a for a, w in c.scheduler_info()["workers"].items() if w.get("resources", {}).get("GPU")]
+            with distributed.get_task_stream(client=c) as stream:
+                res = solve(targets, max_iter=25, client=c, **KW)
+            counted = [t for t in stream.data if t["key"].startswith("_count_task")]
+            assert counted and {t["worker"] for t in counted} == set(gpu)
+            np.testing.assert_allclose(res.h, single.h, atol=1e-5)
+        finally:
+            cpu_worker.terminate()
+            cpu_worker.wait(10)

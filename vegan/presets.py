@@ -28,8 +28,9 @@ PRESETS: dict[str, dict] = {
         "ae": {"latent_dim": 16, "width": 32, "steps": 1500, "batch_size": 128, "checkpoint_every": 250},
         "latents": {"chunk_rows": 2048},
         # 10k codes: 1M fresh samples put the Monte Carlo noise floor of the max
-        # relative error near 0.45, so tol 0.6 is reachable; see docs/BENCHMARKS.md.
-        "ot": {"n_samples": 20000, "max_samples": 160000, "max_iter": 300, "tol": 0.6, "eval_every": 50,
+        # relative error near 0.45; a CPU demo stops at 0.8 (every cell within
+        # 80% of its mass), full runs use tol 0.1 with far more samples.
+        "ot": {"n_samples": 20000, "max_samples": 81920, "max_iter": 300, "tol": 0.8, "eval_every": 50,
                "eval_samples": 1000000, "lr": 0.01},
         "generate": {"n_samples": 2000, "k": 8, "angle_threshold": 20.0, "centroid_samples": 200000},
         "gan": {"steps": 300, "batch_size": 64},

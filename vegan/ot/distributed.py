@@ -145,13 +145,25 @@ class DaskEvaluator:
                 client = Client(cfg.dask)
                 self._owned = [client]
         self.client = client
+        self.resources = self._gpu_resources()
         self.token = problem.fingerprint()
         self.zarr = _zarr_location(y_raw) if cfg.mode == "samples" else None
         self._publish()
 
     # ----------------------------------------------------------- targets
+    def _workers(self) -> list[dict]:
+        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+
+    def _gpu_resources(self) -> dict | None:
+        """``{"GPU": 1}`` when some workers advertise a GPU resource (``dask worker --resources GPU=1``):
+        the counting tasks then run only there, while CPU workers keep the light work."""
+        return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in self._workers()) else None
+
     def _n_workers(self) -> int:
-        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        workers = self._workers()
+        if self.resources:
+            workers = [w for w in workers if w.get("resources", {}).get("GPU")]
+        return max(1, len(workers))
 
     def _publish(self) -> None:
         """Put the targets where the tasks will find them (once per solve, again after a loss)."""
@@ -180,7 +192,7 @@ class DaskEvaluator:
         hf = h.astype(np.float32)
         futures = [
             self.client.submit(_count_task, self.ysrc, hf, a, b, pure=False, retries=TASK_RETRIES,
-                               **self._kwargs(tag, iteration, slice_size))
+                               resources=self.resources, **self._kwargs(tag, iteration, slice_size))
             for a, b in _split(k, self._n_workers())
         ]
         parts = self.client.gather(futures)
@@ -193,7 +205,8 @@ class DaskEvaluator:
         hf = h.astype(np.float32)
         kw = self._kwargs(tag, iteration, slice_size)
         level = [
-            self.client.submit(_shard_task, ys, a, hf[a : a + len_], k, pure=False, retries=TASK_RETRIES, **kw)
+            self.client.submit(_shard_task, ys, a, hf[a : a + len_], k, pure=False, retries=TASK_RETRIES,
+                               resources=self.resources, **kw)
             for (a, ys), len_ in zip(self.shards, self._shard_lengths())
         ]
         while len(level) > 1:  # pairwise tree; order kept so lower shards stay on the left
