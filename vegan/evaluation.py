@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def _decode(decoder: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch: int = 512) -> torch.Tensor:
     z = torch.as_tensor(codes, dtype=torch.float32)
-    return torch.cat([decoder(z[i : i + batch]) for i in range(0, len(z), batch)]).clamp_(0, 1) if len(z) else z
+    return torch.cat([decoder(z[i : i + batch]) for i in range(0, len(z), batch)]) if len(z) else z
 
 
 def _gaussian_fit(codes: np.ndarray, n: int, seed: int) -> np.ndarray:
