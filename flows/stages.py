@@ -8,43 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 
 from flows.pipeline import run_until
 from vegan.config import PipelineConfig
 
 
-@flow(name="stage-ae")
-def ae_stage(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
-    """Train (or resume training) the autoencoder."""
-    return run_until(config, storage, "ae")
+def _stage_flow(stage: str, description: str) -> Flow:
+    @flow(name=f"stage-{stage}", description=description)
+    def stage_flow(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
+        return run_until(config, storage, stage)
+
+    return stage_flow
 
 
-@flow(name="stage-latents")
-def latents_stage(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
-    """Encode the dataset into a Zarr array of codes."""
-    return run_until(config, storage, "latents")
-
-
-@flow(name="stage-ot")
-def ot_stage(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
-    """Solve the semi-discrete OT problem to the codes."""
-    return run_until(config, storage, "ot")
-
-
-@flow(name="stage-generate")
-def generate_stage(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
-    """Generate latent codes with the piecewise-linear extension."""
-    return run_until(config, storage, "generate")
-
-
-@flow(name="stage-gan")
-def gan_stage(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
-    """Fine-tune the decoder adversarially (AE-OT-GAN)."""
-    return run_until(config, storage, "gan")
-
-
-@flow(name="stage-eval")
-def eval_stage(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
-    """Evaluate the run and write its report."""
-    return run_until(config, storage, "eval")
+# Module-level names: deployments use them as entrypoints (flows/stages.py:ae_stage ...).
+ae_stage = _stage_flow("ae", "Train (or resume training) the autoencoder.")
+latents_stage = _stage_flow("latents", "Encode the dataset into a Zarr array of codes.")
+ot_stage = _stage_flow("ot", "Solve the semi-discrete OT problem to the codes.")
+generate_stage = _stage_flow("generate", "Generate latent codes with the piecewise-linear extension.")
+gan_stage = _stage_flow("gan", "Fine-tune the decoder adversarially (AE-OT-GAN).")
+eval_stage = _stage_flow("eval", "Evaluate the run and write its report.")

@@ -214,7 +214,8 @@ def test_dask_jobqueue_config_is_read_by_dask_jobqueue():
     # merged over dask-jobqueue's own defaults, as dask does when it reads the file from ~/.config/dask
     merged = dask.config.merge({"jobqueue": dask.config.get("jobqueue")}, _yaml("dask/jobqueue.yaml"))
     with dask.config.set(merged):
-        script = dask_jobqueue.SLURMCluster(scheduler_options={"host": "127.0.0.1"}).job_script()
+        with dask_jobqueue.SLURMCluster(scheduler_options={"host": "127.0.0.1"}) as cluster:
+            script = cluster.job_script()
     assert "--nthreads 1" in script and "OMP_NUM_THREADS=8" in script
 
 

@@ -47,16 +47,6 @@ PRESETS: dict[str, dict] = {
         "gan": {"steps": 5000, "batch_size": 128},
         "eval": {"n_samples": 10000, "extractor": "inception-tf"},
     },
-    "fashion-mnist": {
-        "name": "fashion-mnist",
-        "data": {"name": "fashion-mnist"},
-        "ae": {"latent_dim": 64, "width": 64, "steps": 20000, "batch_size": 256},
-        "latents": {"chunk_rows": 8192},
-        "ot": {"n_samples": 100000, "max_samples": 2000000, "max_iter": 5000, "tol": 0.1, "lr": 0.01},
-        "generate": {"n_samples": 10000, "k": 16, "angle_threshold": 20.0, "centroid_samples": 2000000},
-        "gan": {"steps": 5000, "batch_size": 128},
-        "eval": {"n_samples": 10000, "extractor": "inception-tf"},
-    },
     # The 2-D grid of 25 Gaussians: mode coverage without any image network.
     "grid2d": {
         "name": "grid2d",
@@ -71,6 +61,11 @@ PRESETS: dict[str, dict] = {
         "gan": {"enabled": False},
         "eval": {"n_samples": 5000},
     },
+}
+
+
+PRESETS["fashion-mnist"] = {
+    **copy.deepcopy(PRESETS["mnist"]), "name": "fashion-mnist", "data": {"name": "fashion-mnist"},
 }
 
 
