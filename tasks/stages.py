@@ -9,6 +9,7 @@ so deleting outputs can never be masked by a stale Prefect cache entry.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -55,7 +56,7 @@ def _make_stage_task(stage: str):
             from vegan.report import metrics_markdown
 
             create_markdown_artifact(
-                key=f"vegan-eval-{config.name}".lower().replace("_", "-")[:60],
+                key=re.sub(r"[^a-z0-9-]+", "-", f"vegan-eval-{config.name}".lower())[:60],
                 markdown=f"# {config.name}: evaluation\n\n{metrics_markdown(info['metrics'])}\n\n"
                 f"Report: `{info['output']}/report.md`\n",
                 description=f"AE-OT evaluation of {config.name}",
