@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from vegan.checkpoint import CheckpointDir
 from vegan.config import GANConfig
 from vegan.nets import Discriminator
-from vegan.training import BatchIndices, TrainingError, TrainingInterrupted, _mix, _sigterm_event, resolve_device
+from vegan.training import BatchIndices, TrainingError, TrainingInterrupted, mix_seeds, sigterm_event, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def finetune_decoder(
     gen_net = copy.deepcopy(decoder).to(device).train()
     ema = copy.deepcopy(gen_net).eval().requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # a deterministic critic without touching the global RNG
-        torch.manual_seed(_mix(cfg.seed, 1))
+        torch.manual_seed(mix_seeds(cfg.seed, 1))
         disc = Discriminator(shape, arch, width, spectral_norm=cfg.spectral_norm).to(device).train()
     opt_g = torch.optim.Adam(gen_net.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
@@ -201,15 +201,15 @@ def finetune_decoder(
 
     b = cfg.batch_size
     pairs = BatchIndices(len(paired), b, cfg.seed)
-    reals = BatchIndices(len(paired), b, _mix(cfg.seed, 2))
-    extra = BatchIndices(len(generated), b, _mix(cfg.seed, 3)) if len(generated) else None
+    reals = BatchIndices(len(paired), b, mix_seeds(cfg.seed, 2))
+    extra = BatchIndices(len(generated), b, mix_seeds(cfg.seed, 3)) if len(generated) else None
     t0 = time.perf_counter() - seconds
     bar = tqdm(
         total=cfg.steps, initial=min(start, cfg.steps), disable=not progress, desc="AE-OT-GAN", dynamic_ncols=True
     )
-    with _sigterm_event() as sigterm, bar:
+    with sigterm_event() as sigterm, bar:
         for step in range(start, cfg.steps):
-            noise = torch.Generator(device=device).manual_seed(_mix(cfg.seed, 4, step))
+            noise = torch.Generator(device=device).manual_seed(mix_seeds(cfg.seed, 4, step))
             idx = pairs(step)
             x_p, y_p = images[idx].to(device), paired[idx].to(device)
             real = images[reals(step)].to(device)

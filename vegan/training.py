@@ -59,7 +59,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _mix(*ints: int) -> int:
+def mix_seeds(*ints: int) -> int:
     """A stable 64-bit seed from integers (Python's hash is not meant for this)."""
     return int.from_bytes(hashlib.sha256(repr(ints).encode()).digest()[:8], "little")
 
@@ -76,7 +76,7 @@ class BatchIndices:
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            gen = torch.Generator().manual_seed(mix_seeds(self.seed, epoch))
             self._perms[epoch] = torch.randperm(self.n, generator=gen)
         return self._perms[epoch]
 
@@ -92,7 +92,7 @@ class BatchIndices:
 
 
 @contextlib.contextmanager
-def _sigterm_event():
+def sigterm_event():
     """An event set on SIGTERM. Signal handlers can only live in the main thread; elsewhere
     (a Prefect worker thread) the event is never set and the previous behaviour stays."""
     event = threading.Event()
@@ -136,7 +136,7 @@ def _restore(state: dict, model: GenerativeModel, optimizers: dict, gen: torch.G
     else:
         # CPU and CUDA generators have different states: continue deterministically, not identically.
         log.warning("checkpoint RNG is from %s, now on %s: reseeding", state.get("rng_device"), gen.device.type)
-        gen.manual_seed(_mix(seed, state["step"]))
+        gen.manual_seed(mix_seeds(seed, state["step"]))
 
 
 def _save(ckpt: CheckpointDir | None, step: int, model, optimizers, gen, history, seconds) -> None:
@@ -178,7 +178,7 @@ def train_model(
     model.to(device)
     optimizers = model.make_optimizers(cfg)
     gen = torch.Generator(device=device)
-    gen.manual_seed(_mix(cfg.seed, -1))
+    gen.manual_seed(mix_seeds(cfg.seed, -1))
 
     start, history, seconds, resumed_from = 0, [], 0.0, None
     if checkpoints is not None:
@@ -198,7 +198,7 @@ def train_model(
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {model.name}", dynamic_ncols=True)
     t0 = time.perf_counter() - seconds
     model.train()
-    with _sigterm_event() as sigterm, bar:
+    with sigterm_event() as sigterm, bar:
         for step in range(start, cfg.steps):
             x = data[batches(step)].to(device, non_blocking=True)
             out = model.train_step(x, optimizers, gen)
