@@ -15,11 +15,12 @@ from vegan.config import PipelineConfig
 
 
 def _stage_flow(stage: str, description: str) -> Flow:
-    @flow(name=f"stage-{stage}", description=description)
     def stage_flow(config: PipelineConfig = PipelineConfig(), storage: str = "./runs/default") -> dict[str, Any]:
         return run_until(config, storage, stage)
 
-    return stage_flow
+    # Module-path entrypoints (``flows.stages.ae_stage``) are derived from the function name.
+    stage_flow.__name__ = stage_flow.__qualname__ = f"{stage}_stage"
+    return flow(name=f"stage-{stage}", description=description)(stage_flow)
 
 
 # Module-level names: deployments use them as entrypoints (flows/stages.py:ae_stage ...).
