@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from vegan.config import DataConfig
 from vegan.data import load_dataset

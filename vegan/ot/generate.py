@@ -35,13 +35,15 @@ how many blocks run in parallel.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+
+from vegan.ot.assign import Chunking, assign
+from vegan.ot.assign import topk_cells as candidate_topk
 
 log = logging.getLogger(__name__)
 
@@ -88,50 +90,18 @@ def _default_chunk(block_size: int) -> int:
 
 
 # ------------------------------------------------------------------- kernels
-def _scores_by_chunk(
-    x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, chunk: int
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, x @ y[start:stop].T + h[start:stop])`` per target chunk, in one reused buffer."""
-    b, n = x.shape[0], y.shape[0]
-    buf = torch.empty(b * min(chunk, n), dtype=x.dtype)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        s = buf[: b * (stop - start)].view(b, stop - start)
-        torch.addmm(h[start:stop], x, y[start:stop].T, out=s)
-        yield start, s
-
-
-def argmax_cells(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Cell of each sample (argmax of ``<x, y_i> + h_i``) with a running max over target chunks."""
-    best_v = torch.full((x.shape[0],), -math.inf, dtype=x.dtype)
-    best_i = torch.zeros(x.shape[0], dtype=torch.long)
-    for start, s in _scores_by_chunk(x, y, h, chunk):
-        v, i = s.max(dim=1)
-        better = v > best_v
-        best_v = torch.where(better, v, best_v)
-        best_i = torch.where(better, i + start, best_i)
-    return best_i
-
-
 def topk_cells(
     x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, h64: torch.Tensor, k: int, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` cells of each sample, best first: ``(scores float64 (B, k), indices (B, k))``.
 
-    Candidates come from float32 scores with a running top-k merge over target
-    chunks; they are then rescored in float64 and sorted by (score desc, index
-    asc), so the ranking is exact and does not depend on the chunk size (short
-    of exact float32 ties for the k-th place).
+    Candidates come from the chunked float32 kernel (:func:`vegan.ot.assign.topk_cells`,
+    a running top-k merge over target chunks); they are then rescored in float64
+    and sorted by (score desc, index asc), so the ranking is exact and does not
+    depend on the chunk size (short of exact float32 ties for the k-th place).
     """
-    b, k = x.shape[0], min(k, y.shape[0])
-    best_v = torch.full((b, k), -math.inf, dtype=x.dtype)
-    best_i = torch.zeros((b, k), dtype=torch.long)
-    for start, s in _scores_by_chunk(x, y, h, chunk):
-        v, i = s.topk(min(k, s.shape[1]), dim=1)
-        v = torch.cat([best_v, v], dim=1)
-        i = torch.cat([best_i, i + start], dim=1)
-        best_v, j = v.topk(k, dim=1)
-        best_i = i.gather(1, j)
+    k = min(k, y.shape[0])
+    _, best_i = candidate_topk(x, y, h, k, chunking=Chunking(max(1, x.shape[0]), chunk))
     exact = torch.einsum("bkd,bd->bk", y[best_i].double(), x.double()) + h64[best_i]
     by_index = best_i.argsort(dim=1, stable=True)
     best_i, exact = best_i.gather(1, by_index), exact.gather(1, by_index)
@@ -164,7 +134,7 @@ def _centroid_task(
     for block in blocks:
         m = min(block_size, n_samples - block * block_size)
         x = sample_source(m, d, source, seed, _TAG_CENTROIDS, block)
-        cell = argmax_cells(x, yt, ht, chunk)
+        cell = assign(x, yt, ht, chunking=Chunking(max(1, x.shape[0]), chunk))
         sums.index_add_(0, cell, x.double())
         counts += torch.bincount(cell, minlength=n)
     return sums.numpy(), counts.numpy()
