@@ -40,7 +40,7 @@ def first_reach(history: list[dict], tol: float) -> tuple[int | None, float | No
 
 def run_ours(y, cfg: OTConfig, warm: bool) -> dict:
     t = time.perf_counter()
-    res = solve(y, config=cfg, warm_start=warm, progress=False)
+    res = solve(y, config=cfg, warm_start=warm, progress=True)
     total = time.perf_counter() - t
     loop = sum(r["seconds"] for r in res.history)
     it, secs = first_reach(res.history, cfg.tol)
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--d", type=int, default=32)
     ap.add_argument("--tol", type=float, default=0.1)
-    ap.add_argument("--eval-samples", type=int, default=None, help="default: 8000 per cell (floor ~0.045)")
+    ap.add_argument("--eval-samples", type=int, default=None, help="default: 3200 per cell (floor ~0.07)")
     ap.add_argument("--max-iter", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--n-samples", type=int, default=20_000)
@@ -100,7 +100,7 @@ def main() -> None:
     y = np.random.default_rng(0).normal(size=(args.n, args.d))
     cfg = OTConfig(
         tol=args.tol, lr=args.lr, max_iter=args.max_iter, n_samples=args.n_samples, max_samples=args.max_samples,
-        eval_samples=args.eval_samples or 8000 * args.n, eval_every=10, patience=10,
+        eval_samples=args.eval_samples or 3200 * args.n, eval_every=25, patience=10,
     )
     cold = run_ours(y, cfg, warm=False)
     warm = run_ours(y, cfg, warm=True)

@@ -151,3 +151,29 @@ def test_unknown_override_is_an_error():
         solve(np.eye(3), progress=False, learning_rate=0.1)
     with pytest.raises(ValueError):
         solve(np.eye(3), config=OTConfig(), progress=False, tol=-1)
+
+
+def test_step_size_decays_only_once_samples_are_capped():
+    y = np.random.default_rng(9).normal(size=(50, 3))
+    res = solve(y, max_iter=120, tol=1e-9, lr=0.02, patience=5, growth=2.0, n_samples=4096, max_samples=8192,
+                lr_decay=0.5, min_lr=0.005, progress=False, eval_samples=16384, eval_every=60)
+    lrs = [r["lr"] for r in res.history]
+    capped = [r["n_samples"] >= 8192 for r in res.history]
+    assert lrs[0] == 0.02 and min(lrs) == 0.005  # decayed down to the floor, not below
+    first_decay = next(i for i, lr in enumerate(lrs) if lr < 0.02)
+    assert all(capped[first_decay - 1 :])  # only after the sample count reached its cap
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+
+
+def test_staged_check_skips_the_full_sample_only_when_it_cannot_pass():
+    from vegan.config import OTConfig
+    from vegan.ot.problem import make_problem
+    from vegan.ot.solver import local_evaluator, staged_marginal_error, voronoi_potential
+
+    y = np.random.default_rng(10).normal(size=(200, 3))
+    problem = make_problem(y, None, "cube")
+    h = voronoi_potential(problem.y)  # far from balanced: max error ~ several
+    for tol, expected in [(0.05, 2**20 // 16), (50.0, 2**20)]:
+        cfg = OTConfig(eval_samples=2**20, tol=tol)
+        ev = staged_marginal_error(problem, h, local_evaluator(problem, cfg), cfg, 0, 4096)
+        assert ev["n_samples"] == expected

