@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -132,6 +133,9 @@ class Assignment:
     max_scores: torch.Tensor  # (N,) float64, u_h(x) = max_i <x, y_i> + h_i
 
 
+_GEMM_MODE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _gemm_mode(mode: Literal["float32", "screened"]):
     """float32 GEMMs in IEEE fp32, or on bf16 units (oneDNN fpmath on CPU, TF32 on CUDA).
@@ -140,12 +144,15 @@ def _gemm_mode(mode: Literal["float32", "screened"]):
     bf16/TF32 units rounds nothing: products are exact and accumulate in fp32.
     """
     cpu, cuda = torch.backends.mkldnn.matmul, torch.backends.cuda.matmul
-    old = cpu.fp32_precision, cuda.fp32_precision
-    cpu.fp32_precision, cuda.fp32_precision = ("bf16", "tf32") if mode == "screened" else ("ieee", "ieee")
-    try:
-        yield
-    finally:
-        cpu.fp32_precision, cuda.fp32_precision = old
+    # The flags are process-wide: the lock keeps a float32 screening in one thread
+    # from running under another thread's bf16 setting (and a too-small margin).
+    with _GEMM_MODE_LOCK:
+        old = cpu.fp32_precision, cuda.fp32_precision
+        cpu.fp32_precision, cuda.fp32_precision = ("bf16", "tf32") if mode == "screened" else ("ieee", "ieee")
+        try:
+            yield
+        finally:
+            cpu.fp32_precision, cuda.fp32_precision = old
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> None:
