@@ -167,3 +167,16 @@ def test_bad_shapes(shapes):
     xs, ys, hs = shapes
     with pytest.raises(ValueError):
         assign(torch.zeros(xs), torch.zeros(ys), torch.zeros(hs))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_cached_targets_follow_in_place_edits_and_new_offsets(precision):
+    x, y, h = _integer_problem(6, N=500, n=100)
+    first = assign(x, y, h, precision=precision)
+    h2 = torch.randn(100, generator=torch.Generator().manual_seed(1)) * 5
+    assert torch.equal(assign(x, y, h2, precision=precision), (x @ y.T + h2).argmax(1))
+    y.mul_(-1)  # same tensor, new values: the cached screening copy must not be reused
+    flipped = assign(x, y, h, precision=precision)
+    assert torch.equal(flipped, torch.where((x @ y.T + h) == (x @ y.T + h).max(1, keepdim=True).values,
+                                            torch.arange(100), 100).min(1).values)
+    assert not torch.equal(flipped, first)

@@ -166,6 +166,7 @@ def test_step_size_decays_only_once_samples_are_capped():
 
 
 def test_staged_check_skips_the_full_sample_only_when_it_cannot_pass():
+    """Far from the tolerance the 1/16 look decides; within it the full sample is used."""
     from vegan.config import OTConfig
     from vegan.ot.problem import make_problem
     from vegan.ot.solver import local_evaluator, staged_marginal_error, voronoi_potential
