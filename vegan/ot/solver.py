@@ -338,13 +338,14 @@ def _group_excess(
     members = torch.from_numpy(order[starts[:, None] + slot])
     y, hf = torch.from_numpy(problem.y).double(), torch.from_numpy(h)
     yc, hct = torch.from_numpy(coarse_y).double(), torch.from_numpy(hc)
+    yc32, hc32 = yc.float(), hct.float()
     total, count = torch.zeros(m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
     n_samples = samples_per_target * problem.n
     block = max(256, min(8192, 2**22 // (width * problem.d)))  # y[mem] stays under 32 MB
     for index, a in enumerate(range(0, n_samples, block)):
         x = sample_slice(problem.d, min(block, n_samples - a), seed=cfg.seed, tag=TAG_WARM, iteration=0,
                          index=index, source=problem.source, sampler=cfg.sampler).double()
-        cell = assign(x, yc.float(), hct.float(), precision="float32")
+        cell = assign(x, yc32, hc32, precision="float32")
         coarse_score = (x * yc[cell]).sum(1) + hct[cell]
         mem = members[cell]  # (b, width)
         fine = torch.einsum("bd,bkd->bk", x, y[mem]) + hf[mem]
