@@ -39,6 +39,7 @@ RESUBMITS = 3
 # Worker-side cache: targets loaded from Zarr, keyed by problem fingerprint, so
 # each worker process reads them once per solve rather than once per iteration.
 _TARGETS: dict[str, torch.Tensor] = {}
+MAX_CACHED_TARGETS = 4
 
 
 def _worker_setup() -> None:
@@ -51,11 +52,14 @@ def _targets_on_worker(ysrc: Any, device: str) -> torch.Tensor:
     """The scaled targets: a scattered array (zero copy) or ``("zarr", token, url, options, center, scale)``."""
     dev = resolve_device(device)
     if isinstance(ysrc, np.ndarray):
-        if dev.type == "cpu":
-            return torch.from_numpy(ysrc)  # zero copy of the array the worker already holds
-        key = f"scattered-{id(ysrc)}-{dev}"  # stable while the worker holds that array
+        # The same tensor object every call (zero copy on CPU): the kernel caches
+        # its screening copy of the targets per tensor. The cached tensor keeps the
+        # array alive, so its id cannot be recycled while the key exists.
+        key = f"scattered-{id(ysrc)}-{dev}"
         if key not in _TARGETS:
             _TARGETS[key] = torch.from_numpy(ysrc).to(dev)
+            while len(_TARGETS) > MAX_CACHED_TARGETS:  # a few shards of one solve, not every past solve
+                _TARGETS.pop(next(iter(_TARGETS)))
         return _TARGETS[key]
     _, token, url, options, center, scale = ysrc
     if token not in _TARGETS:
