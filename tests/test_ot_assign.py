@@ -58,9 +58,10 @@ def test_random_floats_are_the_float64_argmax(d, precision):
     scores = x.double() @ y.double().T + h.double()
     top2 = scores.topk(2, dim=1).values
     assert ((top2[:, 0] - top2[:, 1]) < 1e-3).sum() > 0  # some rows lie within bf16 rounding of a tie
+    free = _near_tie_rows(scores)  # float64 rounding may resolve these either way
     for chunking in [Chunking(4096, 1024), Chunking(333, 77)]:
         res = assign_counts(x, y, h, chunking=chunking, precision=precision)
-        assert torch.equal(res.idx, scores.argmax(1))
+        assert bool(((res.idx == scores.argmax(1)) | free).all())
         assert torch.allclose(res.max_scores, top2[:, 0], rtol=0, atol=1e-12)
 
 
@@ -82,13 +83,29 @@ def test_screening_error_within_its_bound(d, scale):
         assert bool((err <= ops.bound(x)).all()), mode
 
 
+def _near_tie_rows(scores: torch.Tensor, gap: float = 1e-12) -> torch.Tensor:
+    """Rows whose two best float64 scores are closer than float64 rounding can resolve."""
+    top2 = scores.topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]) < gap
+
+
 def test_precisions_agree_on_a_large_problem():
+    """What Assignment promises: the same cells (up to float64-rounding ties) and, for the same
+    cell, bitwise the same max score, whichever precision screened the tiles on this CPU."""
     g = torch.Generator().manual_seed(5)
     x = torch.rand(8192, 64, generator=g) * 2 - 1
     y, h = torch.randn(20000, 64, generator=g) / 8, torch.randn(20000, generator=g) * 0.01
     a = assign_counts(x, y, h, precision="float32")
     b = assign_counts(x, y, h, precision="screened")
-    assert torch.equal(a.idx, b.idx) and torch.equal(a.max_scores, b.max_scores)
+    exact = x.double() @ y.double().T + h.double()
+    free = _near_tie_rows(exact)
+    same = a.idx == b.idx
+    assert bool((same | free).all())
+    assert int(same.sum()) >= 8192 - int(free.sum())
+    assert torch.equal(a.max_scores[same], b.max_scores[same])
+    bound = 65 * 2.0**-53 * ((x.double().abs() @ y.double().abs().T).amax(1) + h.abs().max())
+    for res in (a, b):
+        assert bool(((res.max_scores - exact.amax(1)).abs() <= bound).all())
 
 
 def test_non_finite_scores_are_an_error():

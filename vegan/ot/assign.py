@@ -24,7 +24,8 @@ reduction, so it is written for throughput and bounded memory:
   CPU's AMX tiles through oneDNN or on CUDA tensor cores, at ~2x the float32
   GEMM rate; its larger rounding error only widens the screening margin. Results
   are the same cells as ``precision="float32"`` (both are the argmax of the
-  float64 scores; they can differ only where two scores agree to ~1e-15).
+  float64 scores; they can differ only where two scores agree to ~1e-15; see
+  :class:`Assignment` for what the outputs promise).
   ``precision="auto"`` picks ``screened`` on hardware with fast bf16 GEMMs
   when d >= 48 (below that the wider margin costs more than the GEMM saves).
 """
@@ -127,7 +128,19 @@ def resolve_precision(
 
 @dataclass
 class Assignment:
-    """Result of :func:`assign_counts`."""
+    """Result of :func:`assign_counts`.
+
+    What is promised, for every precision and chunking:
+
+    * ``idx`` is the argmax of the float64 scores, lowest index on exact ties.
+      Where the two best exact scores of a row differ by less than float64
+      rounding (~1e-15 relative) either cell may come back, and which one can
+      depend on the precision mode and the CPU's BLAS kernels.
+    * ``max_scores`` is the float64 score of ``idx`` computed by one fixed
+      row-wise formula, so equal ``idx`` gives bitwise equal ``max_scores`` on
+      one machine, whatever precision screened the tiles. Its error against the
+      exact score is float64 rounding: ``<= (d + 1) * 2**-53 * (sum_j |x_j y_ij| + |h_i|)``.
+    """
 
     idx: torch.Tensor  # (N,) int64, winning cell per sample
     counts: torch.Tensor  # (n,) int64, samples per cell
@@ -302,6 +315,10 @@ def _block(xb: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> tuple
         better = v > best_v[rows]
         best_v[rows] = torch.where(better, v, best_v[rows])
         idx[rows] = torch.where(better, i + s, idx[rows])
+    # The winner's score once more, by one fixed row-wise formula: a float64 GEMM
+    # rounds a score differently depending on which rows it was batched with
+    # (which depends on the screening), so its values are not reproducible.
+    best_v = (x64 * ops.y[idx].double()).sum(1) + ops.h64[idx]
     return idx, best_v
 
 
