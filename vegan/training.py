@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import AEConfig
+from vegan.device import resolve_device
 from vegan.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,6 @@ class TrainResult:
     step: int = 0
     resumed_from: int | None = None
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def mix_seeds(*ints: int) -> int:

@@ -33,6 +33,7 @@ from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
 from vegan.config import EvalConfig
+from vegan.device import resolve_device
 from vegan.metrics.extractors import (
     DOMAIN,
     INCEPTION_TF_OFFLINE,
@@ -57,11 +58,6 @@ def tensor_hash(x: torch.Tensor, labels: torch.Tensor | None = None) -> str:
         h.update(labels.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass

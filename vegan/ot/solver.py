@@ -25,6 +25,7 @@ import torch
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import OTConfig
+from vegan.device import resolve_device
 from vegan.ot.assign import assign, assign_counts, choose_chunking
 from vegan.ot.problem import (
     TAG_EVAL,
@@ -43,11 +44,6 @@ Evaluator = Callable[[np.ndarray, int, int, int, int], tuple[np.ndarray, np.ndar
 
 ADAM_EPS = 1e-12  # cell masses (gradients) can be ~1/n; a larger eps would damp small cells
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def count_slices(
