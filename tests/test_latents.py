@@ -74,3 +74,80 @@ def test_extract_to_s3(s3_bucket):
     assert info["chunks_written"] == 3
     np.testing.assert_allclose(load_codes(st.zarr_store("latents/k.zarr", read_only=True)), encode(x).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def _saved_encoder(tmp_path, shape):
+    """A real (untrained) MLP autoencoder saved the way the ae stage saves it."""
+    from vegan.config import AEConfig
+    from vegan.models import build_model
+
+    cfg = AEConfig(arch="mlp", latent_dim=4, width=16)
+    model = build_model(cfg, shape).eval()
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "shape": list(shape), "config": cfg.model_dump()}, path)
+    return model, str(path)
+
+
+def test_dask_extraction_from_zarr_dataset_writes_chunks_on_workers(tmp_path):
+    from distributed import Client, LocalCluster
+
+    from vegan.data import ZarrDataset, ingest
+    from vegan.latents import EncoderRef, code_stats
+
+    x = np.random.default_rng(0).integers(0, 256, size=(700, 1, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", x=x, y=np.arange(700) % 3)
+    ingest(str(tmp_path / "x.npz"), str(tmp_path / "x.zarr"), chunk_rows=128, progress=False)
+    ds = ZarrDataset(str(tmp_path / "x.zarr"))
+    model, path = _saved_encoder(tmp_path, ds.shape)
+    with torch.no_grad():
+        want = model.encode(torch.from_numpy(x).float() / 255).numpy()
+    store = str(tmp_path / "codes.zarr")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="1GiB", resources={"GPU": 1}) as cluster, Client(cluster) as client:
+        info = extract_latents(EncoderRef(path, device="cpu"), ds, store, chunk_rows=200, batch_size=64,
+                               progress=False, client=client, resources={"GPU": 1})
+        assert info == {"n": 700, "dim": 4, "chunks": 4, "chunks_written": 4, "chunks_skipped": 0}
+        # Every chunk was encoded on a worker (the driver never loaded the encoder).
+        import importlib
+
+        from vegan.latents import _ENCODERS
+
+        loaded = client.run(lambda: len(importlib.import_module("vegan.latents")._ENCODERS))
+        assert sum(loaded.values()) >= 1 and not _ENCODERS
+        stats_dask = code_stats(store, "ball", client=client)
+        again = extract_latents(EncoderRef(path, device="cpu"), ds, store, chunk_rows=200, progress=False,
+                                client=client)
+        assert again["chunks_written"] == 0 and again["chunks_skipped"] == 4
+    np.testing.assert_allclose(load_codes(store, expected_dim=4), want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(zarr.open_group(store, mode="r")["labels"][:], np.arange(700) % 3)
+    # Without a client the same per-chunk function runs here, on the lazy dataset.
+    local = str(tmp_path / "local.zarr")
+    extract_latents(model.encode, ds, local, chunk_rows=200, batch_size=64, progress=False)
+    np.testing.assert_allclose(load_codes(local), want, rtol=1e-5, atol=1e-5)
+    from vegan.ot.problem import fit_scaling
+
+    center, scale = fit_scaling(load_codes(store), "ball")
+    np.testing.assert_allclose(stats_dask.center, center, rtol=1e-12, atol=1e-12)
+    assert stats_dask.scale == pytest.approx(scale, rel=1e-12)
+
+
+def test_code_stats_streams_what_fit_scaling_computes(tmp_path):
+    from vegan.latents import code_stats
+    from vegan.ot.problem import fit_scaling
+
+    x, y = _data(1000)
+    store = str(tmp_path / "c.zarr")
+    extract_latents(lambda b: encode(b) * 3 + 1, x, store, y, chunk_rows=128, progress=False)
+    codes = load_codes(store)
+    for source in ("cube", "ball"):
+        st = code_stats(store, source)
+        center, scale = fit_scaling(codes, source)
+        assert (st.n, st.dim, st.source) == (1000, 5, source)
+        np.testing.assert_allclose(st.center, center, rtol=1e-12, atol=1e-12)
+        assert st.scale == pytest.approx(scale, rel=1e-12)
+    np.testing.assert_array_equal(st.lo, codes.min(0))
+    with pytest.raises(ValueError, match="'cube' or 'ball'"):
+        code_stats(store, "sphere")
+    zarr.open_group(store, mode="r+")["complete"][2] = False
+    with pytest.raises(LatentError, match="incomplete"):
+        code_stats(store)

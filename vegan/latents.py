@@ -7,24 +7,98 @@ Layout of the Zarr group::
     complete  (n_chunks,) bool, one chunk per element: set only after the
               matching rows of ``codes`` are written
 
-A rerun skips complete chunks, so a crash loses at most one chunk and finished
-chunks are never rewritten. The store can live on any fsspec URL.
+One function, :func:`encode_chunk`, does one chunk: it reads the chunk's rows
+from the dataset, encodes them batch by batch, writes its rows of ``codes`` and
+``labels`` and then its ``complete`` marker. Without a Dask client the chunks
+run one after the other in this process; with one, each chunk is a task on a
+worker that reads its rows from the dataset's Zarr store and writes its codes
+straight into the latent store, so the driver never holds images or codes. A
+rerun skips complete chunks, so a crash (or a killed worker) loses at most the
+chunks in flight and finished chunks are never rewritten. Both stores can live
+on any fsspec URL.
+
+:func:`code_stats` computes the centring and scale the OT problem needs
+(:func:`vegan.ot.problem.fit_scaling`) by streaming over the code chunks.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import zarr
 from tqdm.auto import tqdm
 
+from vegan.data.base import ChunkedRows, Dataset, to_float
+from vegan.data.zarrset import zarr_store
+
 
 class LatentError(RuntimeError):
     """Codes are unusable (NaN/inf, wrong dimension, incomplete store)."""
 
 
+# ------------------------------------------------------------------ encoders
+@dataclass(frozen=True)
+class EncoderRef:
+    """An encoder a worker loads itself: a ``model.pt`` written by the ae stage, on any fsspec URL.
+
+    The file holds ``{"state_dict", "shape", "config"}`` (an AEConfig dump). Each
+    process loads it once (cached by URL and device); ``device="auto"`` picks the
+    worker's GPU when it has one.
+    """
+
+    url: str
+    storage_options: dict | None = None
+    device: str = "auto"
+
+    def load(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        key = (self.url, self.device, repr(self.storage_options))
+        with _ENCODER_LOCK:
+            if key not in _ENCODERS:
+                _ENCODERS[key] = _load_encoder(self)
+            return _ENCODERS[key]
+
+
+_ENCODERS: dict[tuple, Callable] = {}
+_ENCODER_LOCK = threading.Lock()
+
+
+def _load_encoder(ref: EncoderRef) -> Callable[[torch.Tensor], torch.Tensor]:
+    import io
+
+    import fsspec
+
+    from vegan.config import AEConfig
+    from vegan.models import build_model
+    from vegan.storage import storage_options_from_env
+
+    opts = ref.storage_options if ref.storage_options is not None else storage_options_from_env(ref.url)
+    try:
+        with fsspec.open(ref.url, "rb", **({} if "://" not in ref.url else opts)) as f:
+            saved = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+    except FileNotFoundError as exc:
+        raise LatentError(f"encoder file not found: {ref.url}") from exc
+    model = build_model(AEConfig(**saved["config"]), tuple(saved["shape"]))
+    model.load_state_dict(saved["state_dict"])
+    device = torch.device("cuda" if ref.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if ref.device == "auto" else ref.device))
+    model = model.to(device).eval()
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return model.encode(x.to(device, non_blocking=True))
+
+    return encode
+
+
+def _resolve(encoder: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    return encoder.load() if isinstance(encoder, EncoderRef) else encoder
+
+
+# ------------------------------------------------------------------- chunks
 def _open_or_create(store, n: int, d: int, chunk_rows: int, with_labels: bool) -> zarr.Group:
     n_chunks = math.ceil(n / chunk_rows)
     try:
@@ -47,59 +121,190 @@ def _open_or_create(store, n: int, d: int, chunk_rows: int, with_labels: bool) -
 
 
 @torch.no_grad()
+def encode_chunk(encoder: Any, data: ChunkedRows, store: Any, c: int, chunk_rows: int, batch_size: int,
+                 storage_options: dict | None = None) -> bool:
+    """Encode rows of latent chunk ``c`` and store them, then mark the chunk complete.
+
+    Returns False when the chunk was already complete (a retried task, a rerun).
+    Runs the same in this process or as a Dask task; ``store`` may be a URL.
+    """
+    group = zarr.open_group(zarr_store(store, storage_options), mode="r+")
+    complete = group["complete"]
+    if complete[c]:
+        return False
+    encode = _resolve(encoder)
+    lo, hi = c * chunk_rows, min(len(data), (c + 1) * chunk_rows)
+    raw = data.rows(lo, hi)  # uint8 images stay uint8 until each batch is formed
+    codes = torch.cat([encode(to_float(raw[i : i + batch_size])).float().cpu()
+                       for i in range(0, hi - lo, batch_size)]).numpy()
+    if not np.isfinite(codes).all():
+        raise LatentError(f"encoder produced NaN/inf codes for rows {lo}..{hi}: the autoencoder diverged")
+    group["codes"][lo:hi] = codes
+    if "labels" in group:
+        group["labels"][lo:hi] = data.label_rows(lo, hi)
+    complete[c] = True  # marks the chunk finished only after its rows are stored
+    return True
+
+
+@torch.no_grad()
+def _probe_dim(encoder: Any, data: ChunkedRows) -> int:
+    return int(_resolve(encoder)(to_float(data.rows(0, 1))).shape[1])
+
+
+def _has_labels(data: ChunkedRows) -> bool:
+    return bool(getattr(data, "has_labels", False) or getattr(data, "labels", None) is not None)
+
+
 def extract_latents(
-    encode,
-    data: torch.Tensor,
-    store,
+    encode: Any,
+    data: torch.Tensor | ChunkedRows,
+    store: Any,
     labels: torch.Tensor | None = None,
     chunk_rows: int = 4096,
     batch_size: int = 512,
     progress: bool = True,
+    *,
+    client=None,
+    resources: dict | None = None,
+    storage_options: dict | None = None,
 ) -> dict:
-    """Encode ``data`` with ``encode`` (a callable batch -> codes) into ``store``.
+    """Encode ``data`` with ``encode`` into the Zarr group at ``store``.
 
-    Returns counts of chunks written and skipped (skipped = finished earlier).
+    ``encode`` is a callable batch -> codes (a module, ``model.encode``) or an
+    :class:`EncoderRef` that workers load themselves. ``data`` is a float tensor
+    (with optional ``labels``) or a chunked dataset (a lazy ``ZarrDataset`` or an
+    in-memory ``Dataset``, with its own labels). ``store`` is a Zarr store or a
+    URL. With a Dask ``client`` each chunk is a task; ``resources`` annotates the
+    tasks (``{"GPU": 1}`` keeps them on GPU workers); a callable encoder is
+    scattered to the workers once, and an in-memory dataset too. Returns counts
+    of chunks written and skipped (skipped = finished earlier).
     """
-    n = data.shape[0]
-    d = int(encode(data[:1]).shape[1])
-    group = _open_or_create(store, n, d, chunk_rows, labels is not None)
-    complete = group["complete"]
-    done = complete[:]
+    if isinstance(data, torch.Tensor):
+        data = Dataset("tensor", data, labels, chunk_rows=chunk_rows)
+    n = len(data)
+    if client is None:
+        d = _probe_dim(encode, data)
+    else:
+        d = client.submit(_probe_dim, encode, data, pure=False, resources=resources).result()
+    group = _open_or_create(zarr_store(store, storage_options), n, d, chunk_rows, _has_labels(data))
+    done = np.asarray(group["complete"][:])
+    todo = [c for c in range(len(done)) if not done[c]]
     written = 0
-    for c in tqdm(range(len(done)), desc="latents", unit="chunk", disable=not progress):
-        if done[c]:
-            continue
-        lo, hi = c * chunk_rows, min(n, (c + 1) * chunk_rows)
-        codes = torch.cat([encode(data[i : min(hi, i + batch_size)]) for i in range(lo, hi, batch_size)])
-        codes = codes.float().cpu().numpy()
-        if not np.isfinite(codes).all():
-            raise LatentError(f"encoder produced NaN/inf codes for rows {lo}..{hi}: the autoencoder diverged")
-        group["codes"][lo:hi] = codes
-        if labels is not None:
-            group["labels"][lo:hi] = labels[lo:hi].numpy()
-        complete[c] = True  # marks the chunk finished only after its rows are stored
-        written += 1
+    with tqdm(total=len(todo), desc="latents", unit="chunk", disable=not progress) as bar:
+        if client is None:
+            for c in todo:
+                written += encode_chunk(encode, data, store, c, chunk_rows, batch_size, storage_options)
+                bar.update(1)
+        else:
+            from distributed import as_completed
+
+            enc = encode if isinstance(encode, EncoderRef) else client.scatter(encode, broadcast=True, hash=False)
+            src = client.scatter(data, broadcast=True, hash=False) if isinstance(data, Dataset) else data
+            futures = [
+                client.submit(encode_chunk, enc, src, store, c, chunk_rows, batch_size, storage_options,
+                              pure=False, retries=2, resources=resources)
+                for c in todo
+            ]
+            try:
+                for fut in as_completed(futures):
+                    written += bool(fut.result())
+                    bar.update(1)
+            finally:
+                client.cancel([f for f in futures if not f.done()])
     return {"n": n, "dim": d, "chunks": len(done), "chunks_written": written, "chunks_skipped": len(done) - written}
 
 
+# ------------------------------------------------------------------ reading
 def open_latents(store) -> zarr.Group:
     try:
-        return zarr.open_group(store=store, mode="r")
+        return zarr.open_group(store=zarr_store(store, read_only=True), mode="r")
     except Exception as exc:  # noqa: BLE001
         raise LatentError(f"cannot open latent store {store}: {exc}") from exc
 
 
-def load_codes(store, expected_dim: int | None = None) -> np.ndarray:
-    """All codes as a float32 array, after checking the store is complete and finite."""
-    group = open_latents(store)
+def _check_store(group: zarr.Group, store, expected_dim: int | None) -> None:
     if "codes" not in group or "complete" not in group:
         raise LatentError(f"{store} is not a vegan latent store (no 'codes'/'complete' arrays)")
     if not bool(np.all(group["complete"][:])):
         raise LatentError(f"latent store {store} is incomplete: rerun the latents stage")
+    dim = group["codes"].shape[1]
+    if expected_dim is not None and dim != expected_dim:
+        raise LatentError(f"latent dimension mismatch: store has {dim}, model expects {expected_dim}")
+
+
+def load_codes(store, expected_dim: int | None = None) -> np.ndarray:
+    """All codes as a float32 array, after checking the store is complete and finite (small runs only)."""
+    group = open_latents(store)
+    _check_store(group, store, expected_dim)
     codes = np.asarray(group["codes"][:], dtype=np.float32)
-    if expected_dim is not None and codes.shape[1] != expected_dim:
-        raise LatentError(f"latent dimension mismatch: store has {codes.shape[1]}, model expects {expected_dim}")
     if not np.isfinite(codes).all():
         bad = int((~np.isfinite(codes)).any(axis=1).sum())
         raise LatentError(f"latent store {store} has {bad} rows with NaN/inf codes")
     return codes
+
+
+@dataclass(frozen=True)
+class CodeStats:
+    """What :func:`vegan.ot.problem.fit_scaling` computes, plus per-dimension extremes.
+
+    ``center`` is the mean code (float64, shape (d,)); ``scale`` is the largest
+    sup-norm (``source="cube"``) or 2-norm (``"ball"``) of a centred code, or 1.0
+    when every code is equal. Scaled targets are ``(y - center) / scale``.
+    """
+
+    n: int
+    dim: int
+    center: np.ndarray
+    scale: float
+    source: str
+    lo: np.ndarray  # per-dimension minimum (float32 values, as float64)
+    hi: np.ndarray  # per-dimension maximum
+
+
+def _moments_chunk(store, lo: int, hi: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    y = np.asarray(open_latents(store)["codes"][lo:hi], dtype=np.float64)
+    if not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).any(axis=1).sum())
+        raise LatentError(f"latent store {store} has {bad} rows with NaN/inf codes in rows {lo}..{hi}")
+    return len(y), y.sum(axis=0), y.min(axis=0), y.max(axis=0)
+
+
+def _radius_chunk(store, lo: int, hi: int, center: np.ndarray) -> float:
+    y = np.asarray(open_latents(store)["codes"][lo:hi], dtype=np.float64)
+    return float(np.sqrt(((y - center) ** 2).sum(axis=1)).max())
+
+
+def code_stats(store, source: str = "cube", *, client=None, storage_options: dict | None = None) -> CodeStats:
+    """Centre and scale of the codes in ``store``, streaming over its chunks.
+
+    Same semantics as ``fit_scaling(load_codes(store), source)``: the mean in
+    float64 (summed chunk by chunk, so it may differ from numpy's pairwise sum in
+    the last bits), then the largest sup-norm (cube: ``max_j max(hi_j - c_j,
+    c_j - lo_j)``, exact, from the same pass) or 2-norm (ball: a second pass) of
+    the centred codes. Memory is one chunk per process; with a Dask ``client``
+    each chunk is a task and only O(d) floats per chunk come back.
+    """
+    if source not in ("cube", "ball"):
+        raise ValueError(f"source must be 'cube' or 'ball', got {source!r}")
+    store = zarr_store(store, storage_options, read_only=True)
+    group = open_latents(store)
+    _check_store(group, store, None)
+    n, d = group["codes"].shape
+    rows = group["codes"].chunks[0]
+    spans = [(lo, min(n, lo + rows)) for lo in range(0, n, rows)]
+
+    def run(fn, *extra):
+        if client is None:
+            return [fn(store, lo, hi, *extra) for lo, hi in spans]
+        return client.gather([client.submit(fn, store, lo, hi, *extra, pure=False) for lo, hi in spans])
+
+    parts = run(_moments_chunk)
+    total = sum(p[1] for p in parts)
+    center = total / n
+    lo = np.min([p[2] for p in parts], axis=0)
+    hi = np.max([p[3] for p in parts], axis=0)
+    if source == "cube":
+        radius = float(np.maximum(hi - center, center - lo).max())
+    else:
+        radius = max(run(_radius_chunk, center))
+    return CodeStats(int(n), int(d), center, radius if radius > 0 else 1.0, source, lo, hi)

@@ -1,57 +1,35 @@
-"""Dataset registry: every dataset loads into memory as a float tensor in [0, 1].
+"""Dataset registry and the chunked data layer.
 
-Images come as ``(N, C, H, W)``, vectors (the 2-D grid) as ``(N, D)``. Named
-datasets are resolved offline first (a local cache, then copies shipped by
-packages), and only then downloaded; when nothing works the error lists every
-place that was tried. Datasets also carry a content hash, so cached statistics
-(FID reference features) can never be reused for changed data.
+Two ways to get a dataset:
+
+* :func:`load_dataset` (small data): named datasets, ``.npz`` files and image
+  folders load into memory as a float tensor (:class:`Dataset`); a ``.zarr``
+  URL opens lazily as a :class:`ZarrDataset` instead.
+* :func:`open_dataset` (any size): always a lazy :class:`ZarrDataset`; named
+  datasets and other URLs are ingested once into a Zarr cache first.
+
+Images come as ``(N, C, H, W)`` (``uint8`` on storage until a batch is formed),
+vectors (the 2-D grid) as ``(N, D)`` float32. Named datasets are resolved
+offline first (a local cache, then copies shipped by packages), and only then
+downloaded; when nothing works the error lists every place that was tried.
+Datasets carry a content hash, so cached statistics (FID reference features)
+can never be reused for changed data. :class:`StreamBatches` streams training
+batches from either kind; :func:`ingest` writes the Zarr layout.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vegan.config import DataConfig
-
-
-class DatasetError(RuntimeError):
-    """A dataset cannot be found, read, or is unusable (empty, NaN, wrong shape)."""
-
-
-@dataclass
-class Dataset:
-    name: str
-    data: torch.Tensor  # float32 in [0, 1] for images; raw floats for vectors
-    labels: torch.Tensor | None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of one example."""
-        return tuple(self.data.shape[1:])
-
-    @property
-    def is_image(self) -> bool:
-        return self.data.ndim == 4
-
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    def content_hash(self) -> str:
-        h = hashlib.sha256()
-        h.update(str(tuple(self.data.shape)).encode())
-        h.update(self.data.numpy().tobytes())
-        if self.labels is not None:
-            h.update(self.labels.numpy().tobytes())
-        return h.hexdigest()[:16]
+from vegan.data.base import ChunkedRows, Dataset, DatasetError, to_float
 
 
 # --------------------------------------------------------------------- sources
@@ -163,7 +141,7 @@ def _grid2d(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _from_url(url: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A ``.npz`` (arrays ``x`` and optional ``y``), a ``.zarr`` group, or an image folder."""
+    """A ``.npz`` (arrays ``x`` and optional ``y``) or an image folder, read into memory."""
     import fsspec
 
     try:
@@ -180,12 +158,6 @@ def _from_url(url: str) -> tuple[np.ndarray, np.ndarray | None]:
                 y = arrays["y"] if "y" in arrays else None
         except Exception as exc:  # noqa: BLE001
             raise DatasetError(f"cannot read {url} as .npz with an array 'x': {exc}") from exc
-    elif url.rstrip("/").endswith(".zarr"):
-        import zarr
-
-        group = zarr.open_group(fsspec.get_mapper(url) if "://" in url else url, mode="r")
-        x = np.asarray(group["x"])
-        y = np.asarray(group["y"]) if "y" in group else None
     else:
         from PIL import Image
 
@@ -218,8 +190,14 @@ _NAMED = {
 DATASETS = tuple(_NAMED)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load the dataset named by ``cfg`` and check it is usable."""
+def _is_zarr_url(name: str) -> bool:
+    return name.rstrip("/").endswith(".zarr")
+
+
+def load_dataset(cfg: DataConfig) -> Dataset | ZarrDataset:
+    """The dataset named by ``cfg``, checked usable: in memory, except ``.zarr`` URLs, which open lazily."""
+    if _is_zarr_url(cfg.name):
+        return ZarrDataset(cfg.name, limit=cfg.limit)
     if cfg.name in _NAMED:
         x, y = _NAMED[cfg.name](cfg)
     elif "/" in cfg.name or "." in cfg.name:
@@ -240,3 +218,42 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if y is not None and len(y) != len(x):
         raise DatasetError(f"dataset {cfg.name!r}: {len(x)} examples but {len(y)} labels")
     return Dataset(cfg.name, torch.from_numpy(np.ascontiguousarray(x)), None if y is None else torch.from_numpy(y))
+
+
+def cache_url(cfg: DataConfig, cache: str | None = None) -> str:
+    """Where :func:`open_dataset` keeps the Zarr copy of a named dataset or a non-Zarr URL."""
+    import hashlib
+
+    base = cache or str(Path(cfg.root or os.environ.get("VEGAN_DATA", "~/.cache/vegan/data")).expanduser() / "zarr")
+    if cfg.name in _NAMED:
+        # grid2d is generated: its rows depend on the seed and the count; the others are fixed files.
+        tag = f"{cfg.name}-{cfg.split}" + (f"-s{cfg.seed}-n{cfg.limit or 25_000}" if cfg.name == "grid2d" else "")
+    else:
+        tag = "url-" + hashlib.sha256(cfg.name.encode()).hexdigest()[:16]
+    return f"{base.rstrip('/')}/{tag}.zarr"
+
+
+def open_dataset(cfg: DataConfig, cache: str | None = None, *, client=None, chunk_rows: int = 4096,
+                 progress: bool = False) -> ZarrDataset:
+    """The dataset named by ``cfg`` as a lazy :class:`ZarrDataset`, ingesting it into ``cache`` once.
+
+    ``.zarr`` URLs open directly. Named datasets and ``.npz``/image-folder URLs are
+    converted by :func:`ingest` (resumable; a finished cache is reused as is).
+    """
+    if _is_zarr_url(cfg.name):
+        return ZarrDataset(cfg.name, limit=cfg.limit)
+    url = cache_url(cfg, cache)
+    src_limit = cfg.limit if cfg.name == "grid2d" else None
+    ingest(cfg.name, url, chunk_rows=chunk_rows, client=client, progress=progress, split=cfg.split,
+           root=cfg.root, limit=src_limit, seed=cfg.seed)
+    return ZarrDataset(url, limit=cfg.limit, name=cfg.name)
+
+
+from vegan.data.ingest import ingest  # noqa: E402 - these modules read _NAMED from this package
+from vegan.data.stream import StreamBatches  # noqa: E402
+from vegan.data.zarrset import ZarrDataset, zarr_store  # noqa: E402
+
+__all__ = [
+    "DATASETS", "GRID_MEANS", "GRID_STD", "ChunkedRows", "Dataset", "DatasetError", "StreamBatches",
+    "ZarrDataset", "cache_url", "ingest", "load_dataset", "open_dataset", "to_float", "zarr_store",
+]
