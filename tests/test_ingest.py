@@ -145,3 +145,13 @@ def test_ingest_to_s3_then_stream_from_it(tmp_path, s3_bucket):
         batch = stream.batch(1)
     want = np.stack([a for a, _ in expected])[idx][:, None].astype(np.float32) / 255
     np.testing.assert_array_equal(batch.numpy(), want)
+
+
+def test_command_line_entry_point(tmp_path, capsys):
+    from vegan.data.ingest import main, parse_resize
+
+    _folder(tmp_path / "src", n_per_class=(2, 1), size=(9, 7))
+    info = main([str(tmp_path / "src"), str(tmp_path / "cli.zarr"), "--resize", "4x5", "--chunk-rows", "2"])
+    assert info["shape"] == [3, 1, 4, 5] and '"chunks_written": 2' in capsys.readouterr().out
+    with pytest.raises(DatasetError, match="HxW"):
+        parse_resize("64")

@@ -42,8 +42,14 @@ FORMAT_VERSION = 1
 
 # ----------------------------------------------------------------- planning
 @dataclass
-class _Plan:
-    """What to write: the store's arrays and attributes, plus one argument tuple per chunk."""
+class IngestPlan:
+    """What to write: the store's arrays and attributes, and how to make one chunk.
+
+    ``chunk_fn(dest, storage_options, c, lo, *chunk_args(lo, hi))`` writes chunk
+    ``c`` (rows ``[lo, hi)``) with :func:`write_chunk` and returns 1 (0 when the
+    chunk was already complete). Any source (e.g. the synthetic images of
+    :mod:`vegan.data.synthetic`) can be written by :func:`write_plan`.
+    """
 
     n: int
     item_shape: tuple[int, ...]
@@ -68,7 +74,7 @@ def _source_fs(src: str, storage_options: dict | None):
     return fs, path, opts
 
 
-def _array_plan(name: str, x: np.ndarray, y: np.ndarray | None, dtype: str, attrs: dict) -> _Plan:
+def _array_plan(name: str, x: np.ndarray, y: np.ndarray | None, dtype: str, attrs: dict) -> IngestPlan:
     x = np.asarray(x)
     if x.ndim == 3:  # (N, H, W) grayscale
         x = x[:, None]
@@ -94,14 +100,14 @@ def _array_plan(name: str, x: np.ndarray, y: np.ndarray | None, dtype: str, attr
             x = q.astype(np.uint8)  # lossless for k/255 data such as MNIST; forced rounding otherwise
     elif x.dtype == np.uint8 and (kind == "vector" or dtype == "float32"):
         x = x.astype(np.float32) / (255.0 if kind == "image" else 1.0)
-    return _Plan(
+    return IngestPlan(
         n=len(x), item_shape=tuple(x.shape[1:]), dtype=str(x.dtype), kind=kind, has_labels=y is not None,
         attrs=attrs, chunk_fn=_array_chunk,
         chunk_args=lambda lo, hi: (x[lo:hi], None if y is None else y[lo:hi]),
     )
 
 
-def _named_plan(src: str, split: str, root: str | None, limit: int | None, dtype: str, seed: int) -> _Plan:
+def _named_plan(src: str, split: str, root: str | None, limit: int | None, dtype: str, seed: int) -> IngestPlan:
     from vegan.config import DataConfig
     from vegan.data import _NAMED
 
@@ -112,7 +118,7 @@ def _named_plan(src: str, split: str, root: str | None, limit: int | None, dtype
                                           **({"seed": seed} if src == "grid2d" else {})})
 
 
-def _npz_plan(src: str, storage_options: dict | None, limit: int | None, dtype: str) -> _Plan:
+def _npz_plan(src: str, storage_options: dict | None, limit: int | None, dtype: str) -> IngestPlan:
     fs, path, _ = _source_fs(src, storage_options)
     if not fs.exists(path):
         raise DatasetError(f"source not found: {src}")
@@ -150,7 +156,7 @@ def _decode(fs, path: str, mode: str, resize: tuple[int, int] | None) -> np.ndar
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | None) -> _Plan:
+def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | None) -> IngestPlan:
     fs, root, opts = _source_fs(src, storage_options)
     try:
         exists = fs.exists(root)
@@ -187,7 +193,7 @@ def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | No
     attrs = {"source": src, "resize": None if resize is None else list(resize), "mode": mode,
              "first_file": files[0], "limit": limit,
              "files_sha256": hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]}
-    return _Plan(
+    return IngestPlan(
         n=len(files), item_shape=(1 if mode == "L" else 3, h, w), dtype="uint8", kind="image",
         has_labels=labels is not None, attrs={**attrs, "label_names": label_names}, chunk_fn=_folder_chunk,
         chunk_args=lambda lo, hi: (fs_spec, files[lo:hi], None if labels is None else labels[lo:hi], mode,
@@ -195,7 +201,7 @@ def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | No
     )
 
 
-def _plan(src: str, *, storage_options, resize, split, root, limit, dtype, seed) -> _Plan:
+def _plan(src: str, *, storage_options, resize, split, root, limit, dtype, seed) -> IngestPlan:
     from vegan.data import _NAMED
 
     if not isinstance(src, str) or not src:
@@ -210,13 +216,13 @@ def _plan(src: str, *, storage_options, resize, split, root, limit, dtype, seed)
 
 
 # --------------------------------------------------------------- chunk writers
-def _open_rw(dest: Any, storage_options: dict | None):
+def open_rw(dest: Any, storage_options: dict | None):
     import zarr
 
     return zarr.open_group(zarr_store(dest, storage_options), mode="r+")
 
 
-def _write_chunk(group, c: int, lo: int, x: np.ndarray, y: np.ndarray | None) -> None:
+def write_chunk(group, c: int, lo: int, x: np.ndarray, y: np.ndarray | None) -> None:
     """Rows, then digest, then the completion marker: a chunk without its marker is rewritten on resume."""
     hi = lo + len(x)
     group["x"][lo:hi] = x
@@ -229,17 +235,17 @@ def _write_chunk(group, c: int, lo: int, x: np.ndarray, y: np.ndarray | None) ->
 
 
 def _array_chunk(dest, storage_options, c: int, lo: int, x: np.ndarray, y: np.ndarray | None) -> int:
-    group = _open_rw(dest, storage_options)
+    group = open_rw(dest, storage_options)
     if group["complete"][c]:
         return 0
-    _write_chunk(group, c, lo, x, y)
+    write_chunk(group, c, lo, x, y)
     return 1
 
 
 def _folder_chunk(dest, storage_options, c: int, lo: int, fs_spec, files, labels, mode, resize, first) -> int:
     import fsspec
 
-    group = _open_rw(dest, storage_options)
+    group = open_rw(dest, storage_options)
     if group["complete"][c]:
         return 0
     shape = tuple(group["x"].shape[1:])
@@ -253,12 +259,12 @@ def _folder_chunk(dest, storage_options, c: int, lo: int, fs_spec, files, labels
                 "images have different sizes; pass resize=(H, W) (`vegan ingest --resize HxW`)"
             )
         x[i] = img
-    _write_chunk(group, c, lo, x, labels)
+    write_chunk(group, c, lo, x, labels)
     return 1
 
 
 # ---------------------------------------------------------------- the store
-def _create_or_check(dest, storage_options, plan: _Plan, chunk_rows: int, n_chunks: int):
+def _create_or_check(dest, storage_options, plan: IngestPlan, chunk_rows: int, n_chunks: int):
     import zarr
 
     try:
@@ -318,8 +324,6 @@ def ingest(
     (``resources`` annotates them, e.g. ``{"GPU": 1}`` is never needed here).
     Returns counts of chunks written and skipped, rows, seconds.
     """
-    from tqdm.auto import tqdm
-
     if chunk_rows < 1:
         raise DatasetError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if resize is not None:
@@ -329,16 +333,25 @@ def ingest(
     t0 = time.perf_counter()
     plan = _plan(src, storage_options=storage_options, resize=resize, split=split, root=root, limit=limit, dtype=dtype,
                  seed=seed)
+    info = write_plan(plan, dest, chunk_rows=chunk_rows, client=client, progress=progress,
+                      storage_options=storage_options, resources=resources)
+    return {**info, "seconds": time.perf_counter() - t0}
+
+
+def write_plan(plan: IngestPlan, dest: Any, *, chunk_rows: int, client=None, progress: bool = True,
+               storage_options: dict | None = None, resources: dict | None = None) -> dict[str, Any]:
+    """Create (or check) the store at ``dest`` and write every chunk not yet complete, then seal it."""
+    from tqdm.auto import tqdm
+
     n_chunks = math.ceil(plan.n / chunk_rows)
     group = _create_or_check(dest, storage_options, plan, chunk_rows, n_chunks)
     info = {"n": plan.n, "shape": [plan.n, *plan.item_shape], "dtype": plan.dtype, "chunks": n_chunks}
     if group.attrs.get("complete"):
-        return {**info, "chunks_written": 0, "chunks_skipped": n_chunks, "seconds": time.perf_counter() - t0}
+        return {**info, "chunks_written": 0, "chunks_skipped": n_chunks, "content_hash": group.attrs["content_hash"]}
     done = np.asarray(group["complete"][:])
     todo = [c for c in range(n_chunks) if not done[c]]
     written = 0
-    bar = tqdm(total=len(todo), desc="ingest", unit="chunk", disable=not progress)
-    with bar:
+    with tqdm(total=len(todo), desc="ingest", unit="chunk", disable=not progress) as bar:
         if client is None:
             for c in todo:
                 lo, hi = c * chunk_rows, min(plan.n, (c + 1) * chunk_rows)
@@ -351,8 +364,7 @@ def ingest(
             for c in todo:
                 lo, hi = c * chunk_rows, min(plan.n, (c + 1) * chunk_rows)
                 futures.append(client.submit(plan.chunk_fn, dest, storage_options, c, lo, *plan.chunk_args(lo, hi),
-                                             pure=False, retries=2, resources=resources,
-                                             key=f"ingest-chunk-{c}-{_token(dest)}"))
+                                             pure=False, retries=2, resources=resources))
             try:
                 for fut in as_completed(futures):
                     written += fut.result()  # re-raises a chunk's DatasetError with its message
@@ -362,9 +374,48 @@ def ingest(
     digests = np.asarray(group["digest"][:])
     content = hashlib.sha256(str(info["shape"]).encode() + plan.dtype.encode() + digests.tobytes()).hexdigest()[:16]
     group.attrs.update({"complete": True, "content_hash": content})
-    return {**info, "chunks_written": written, "chunks_skipped": n_chunks - written,
-            "content_hash": content, "seconds": time.perf_counter() - t0}
+    return {**info, "chunks_written": written, "chunks_skipped": n_chunks - written, "content_hash": content}
 
 
-def _token(dest: Any) -> str:
-    return hashlib.sha1(repr(dest).encode()).hexdigest()[:8]
+def parse_resize(text: str | None) -> tuple[int, int] | None:
+    """``"64x48"`` -> (64, 48) as (H, W); None or "" -> None."""
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise DatasetError(f"resize must look like HxW (e.g. 64x64), got {text!r}") from None
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m vegan.data.ingest SRC DEST``: the library side of ``vegan ingest``."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="vegan ingest", description=ingest.__doc__.split("\n")[0])
+    p.add_argument("src", help="image folder URL, .npz URL, or a dataset name (digits, mnist, ...)")
+    p.add_argument("dest", help="Zarr URL to write, e.g. s3://bucket/data/mnist.zarr")
+    p.add_argument("--chunk-rows", type=int, default=4096)
+    p.add_argument("--resize", default=None, help="HxW, e.g. 64x64 (needed when image sizes differ)")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786); default: this process")
+    args = p.parse_args(argv)
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+    try:
+        info = ingest(args.src, args.dest, chunk_rows=args.chunk_rows, resize=parse_resize(args.resize),
+                      client=client, split=args.split, limit=args.limit)
+    finally:
+        if client is not None:
+            client.close()
+    print(json.dumps(info, indent=2))
+    return info
+
+
+if __name__ == "__main__":
+    main()
