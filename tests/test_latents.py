@@ -151,3 +151,49 @@ def test_code_stats_streams_what_fit_scaling_computes(tmp_path):
     zarr.open_group(store, mode="r+")["complete"][2] = False
     with pytest.raises(LatentError, match="incomplete"):
         code_stats(store)
+
+
+def test_a_worker_killed_mid_extraction_loses_nothing(tmp_path):
+    """Kill a worker process while chunks are in flight: its tasks rerun elsewhere, every chunk completes."""
+    import os
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from vegan.data import ZarrDataset, ingest
+
+    x = np.random.default_rng(1).integers(0, 256, size=(480, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", x=x)
+    ingest(str(tmp_path / "x.npz"), str(tmp_path / "x.zarr"), chunk_rows=60, progress=False)
+    ds = ZarrDataset(str(tmp_path / "x.zarr"))
+    w = W.clone()
+
+    def slow_encode(batch):
+        time.sleep(0.4)
+        return batch.flatten(1) @ w
+
+    store = str(tmp_path / "codes.zarr")
+    result = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="1GiB") as cluster, Client(cluster) as client:
+        job = threading.Thread(target=lambda: result.update(extract_latents(
+            slow_encode, ds, store, chunk_rows=60, batch_size=60, progress=False, client=client)))
+        job.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:  # wait until some, not all, chunks are done
+            try:
+                done = int(zarr.open_group(store, mode="r")["complete"][:].sum())
+            except Exception:  # noqa: BLE001 - the store is not created yet
+                done = 0
+            if done >= 1:
+                break
+            time.sleep(0.05)
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        client.run(os._exit, 1, workers=[victim], on_error="ignore")  # the process dies at once, mid-task
+        job.join(timeout=120)
+    assert not job.is_alive()
+    assert 1 <= done < 8
+    assert result["chunks"] == 8 and result["chunks_written"] + result["chunks_skipped"] == 8
+    np.testing.assert_allclose(load_codes(store), (torch.from_numpy(x).float() / 255).flatten(1).numpy() @ W.numpy(),
+                               rtol=1e-5, atol=1e-5)

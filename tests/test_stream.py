@@ -72,5 +72,12 @@ def test_in_memory_dataset_streams_the_same_way():
     b = stream.batch(3)
     assert torch.equal(b, ds.data[torch.from_numpy(stream.indices(3))])
     stream.close()
+    # A plain tensor gets the same treatment (the training loop's entry point).
+    from vegan.data import batch_source
+
+    with batch_source(ds.data, 10, seed=0, prefetch=0) as src:
+        seen = np.concatenate([src.indices(s) for s in range(10)])
+        assert sorted(seen.tolist()) == list(range(100))
+        assert torch.equal(src.batch(4), ds.data[torch.from_numpy(src.indices(4))])
     with pytest.raises(ValueError, match="batch_size"):
         StreamBatches(ds, 0, seed=0)

@@ -250,10 +250,10 @@ def open_dataset(cfg: DataConfig, cache: str | None = None, *, client=None, chun
 
 
 from vegan.data.ingest import ingest  # noqa: E402 - these modules read _NAMED from this package
-from vegan.data.stream import StreamBatches  # noqa: E402
+from vegan.data.stream import StreamBatches, batch_source  # noqa: E402
 from vegan.data.zarrset import ZarrDataset, zarr_store  # noqa: E402
 
 __all__ = [
     "DATASETS", "GRID_MEANS", "GRID_STD", "ChunkedRows", "Dataset", "DatasetError", "StreamBatches",
-    "ZarrDataset", "cache_url", "ingest", "load_dataset", "open_dataset", "to_float", "zarr_store",
+    "ZarrDataset", "batch_source", "cache_url", "ingest", "load_dataset", "open_dataset", "to_float", "zarr_store",
 ]

@@ -198,3 +198,16 @@ class StreamBatches:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock, self._order_lock = threading.Lock(), threading.RLock()
+
+
+def batch_source(data, batch_size: int, seed: int, **kwargs) -> StreamBatches:
+    """A :class:`StreamBatches` for a float tensor, an in-memory ``Dataset`` or a ``ZarrDataset``.
+
+    The one entry point a training loop needs: ``batch_source(data, B, seed).batch(step)``
+    replaces ``data[BatchIndices(len(data), B, seed)(step)]``.
+    """
+    if isinstance(data, torch.Tensor):
+        from vegan.data.base import Dataset
+
+        data = Dataset("tensor", data.float(), None)
+    return StreamBatches(data, batch_size, seed, **kwargs)
