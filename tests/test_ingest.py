@@ -155,3 +155,16 @@ def test_command_line_entry_point(tmp_path, capsys):
     assert info["shape"] == [3, 1, 4, 5] and '"chunks_written": 2' in capsys.readouterr().out
     with pytest.raises(DatasetError, match="HxW"):
         parse_resize("64")
+
+
+def test_materialising_a_large_zarr_dataset_is_refused(tmp_path, monkeypatch):
+    import vegan.data.zarrset as zs
+
+    np.savez(tmp_path / "x.npz", x=_images(50, size=(4, 4)))
+    ingest(str(tmp_path / "x.npz"), str(tmp_path / "x.zarr"), chunk_rows=16, progress=False)
+    ds = ZarrDataset(str(tmp_path / "x.zarr"))
+    assert ds.data.shape == (50, 1, 4, 4)
+    monkeypatch.setattr(zs, "MAX_IN_MEMORY_BYTES", 1000)
+    with pytest.raises(DatasetError, match="over the in-memory limit.*StreamBatches"):
+        ds.data
+    assert ds.read_chunk(3).shape == (2, 1, 4, 4) and ds.read_chunk(3).dtype == np.uint8
