@@ -1,7 +1,5 @@
 """Ingestion into chunked uint8 Zarr: real files, real Zarr stores, a real Dask LocalCluster, moto S3."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
