@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from vegan.pipeline import Run
+    from vegan.stages.base import StageContext as Run
 
 
 @torch.no_grad()
