@@ -81,8 +81,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     if not metrics:
         return
-    preferred = ("fid", "kid_mean", "precision", "recall", "density", "coverage",
-                 "modes_covered", "high_quality", "reverse_kl")
+    preferred = (
+        "fid",
+        "kid_mean",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "modes_covered",
+        "high_quality",
+        "reverse_kl",
+    )
     cols = [c for c in preferred if any(c in m for m in metrics.values())]
     print(f"\n{'set':<18}" + "".join(f"{c:>14}" for c in cols))
     for name, m in metrics.items():
@@ -100,17 +109,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         store = Storage(storage)
         store.check_writable()
-        result = compare_models(cfg.data, models, cfg.ae, store,
-                                make_evaluate_fn(cfg.data, cfg.eval, cache=store.sub("cache")),
-                                n_samples=args.n_samples, progress=True)
+        result = compare_models(
+            cfg.data,
+            models,
+            cfg.ae,
+            store,
+            make_evaluate_fn(cfg.data, cfg.eval, cache=store.sub("cache")),
+            n_samples=args.n_samples,
+            progress=True,
+        )
     else:
         _prefect_env()
         from cli.server import prefect_api
         from flows.compare import compare_models_flow
 
         with prefect_api():
-            result = compare_models_flow(models=models, data=cfg.data, budget=cfg.ae, eval=cfg.eval, storage=storage,
-                                         n_samples=args.n_samples)
+            result = compare_models_flow(
+                models=models, data=cfg.data, budget=cfg.ae, eval=cfg.eval, storage=storage, n_samples=args.n_samples
+            )
     print()
     _print_metrics(result["metrics"])
     for name, uri in result["files"].items():
@@ -135,12 +151,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows import deploy
 
-    common = dict(preset=args.preset, config_path=args.config, overrides=args.set, storage=args.storage,
-                  cron=args.cron, api_url=args.api)
+    common = dict(
+        preset=args.preset,
+        config_path=args.config,
+        overrides=args.set,
+        storage=args.storage,
+        cron=args.cron,
+        api_url=args.api,
+    )
     if args.deploy:
         ids = deploy.deploy_all(work_pool=args.work_pool, gpu_work_pool=args.gpu_work_pool, **common)
-        print(f"registered {len(ids)} deployments on work pool {args.work_pool!r}"
-              + (f" (GPU stages on {args.gpu_work_pool!r})" if args.gpu_work_pool else ""))
+        print(
+            f"registered {len(ids)} deployments on work pool {args.work_pool!r}"
+            + (f" (GPU stages on {args.gpu_work_pool!r})" if args.gpu_work_pool else "")
+        )
         return 0
     deploy.serve_deployments(**common)
     return 0
@@ -162,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="YAML file with config values (applied over the preset)")
     r.add_argument("--storage", help="run folder: any fsspec URL (default ./runs/<preset>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ot.lr=0.01")
-    r.add_argument("--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1],
-                   help="run this stage and the stages upstream of it")
+    r.add_argument(
+        "--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1], help="run this stage and the stages upstream of it"
+    )
     r.add_argument("--no-prefect", action="store_true", help="run the stages directly, without Prefect")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -220,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if is_interruption(exc):
             by_sigint = isinstance(exc, KeyboardInterrupt)
-            print(f"vegan: interrupted ({'Ctrl-C' if by_sigint else 'SIGTERM'}): rerun the same command to resume",
-                  file=sys.stderr)
+            print(
+                f"vegan: interrupted ({'Ctrl-C' if by_sigint else 'SIGTERM'}): rerun the same command to resume",
+                file=sys.stderr,
+            )
             return EXIT_SIGINT if by_sigint else EXIT_SIGTERM
         print(f"vegan: error: {_one_line(exc)}", file=sys.stderr)
         return 1

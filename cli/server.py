@@ -65,13 +65,34 @@ def _start(log) -> tuple[subprocess.Popen, str]:
     while True:
         port = _free_port()
         proc = popen_tied(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
-             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "error", "--lifespan", "on"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(Path(prefect.__file__).parent.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
             # What Prefect's own ephemeral server gets: no UI, the current settings.
-            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                 "PREFECT__SERVER_FINAL": "1", **settings.to_environment_variables(exclude_unset=True)},
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                **settings.to_environment_variables(exclude_unset=True),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         api_url = f"http://127.0.0.1:{port}/api"
         while time.monotonic() < deadline:

@@ -156,9 +156,7 @@ def serve_deployments(
     """
     from prefect import serve
 
-    deployments = build_deployments(
-        preset, config_path=config_path, overrides=overrides, storage=storage, cron=cron
-    )
+    deployments = build_deployments(preset, config_path=config_path, overrides=overrides, storage=storage, cron=cron)
     with _api(api_url):
         serve(*deployments, limit=limit)
 

@@ -68,8 +68,7 @@ class AEConfig(_Config):
     prior_components: int = Field(
         1,
         ge=1,
-        description="Plain AE sampler: a Gaussian (1) or a K-component Gaussian mixture fitted to "
-        "the training codes.",
+        description="Plain AE sampler: a Gaussian (1) or a K-component Gaussian mixture fitted to the training codes.",
     )
     checkpoint_every: int = Field(200, ge=1, description="Save a checkpoint every K steps.")
     keep_checkpoints: int = Field(3, ge=1)

@@ -80,8 +80,12 @@ class Manifest:
             raise ValueError(f"unknown stage status {status!r}; statuses are {', '.join(STATUSES)}")
         data = self.read()
         data.update(
-            {"name": self.cfg.name, "config": self.cfg.model_dump(mode="json"), "versions": versions(),
-             "updated": _now()}
+            {
+                "name": self.cfg.name,
+                "config": self.cfg.model_dump(mode="json"),
+                "versions": versions(),
+                "updated": _now(),
+            }
         )
         stages = data.setdefault("stages", {})
         for s in STAGE_NAMES:  # keys may have changed since the last run: refresh them all
@@ -182,7 +186,7 @@ class RunLock:
         while not self._stop.wait(self.heartbeat):
             try:
                 self._write()
-            except Exception:  # a missed heartbeat is retried next time
+            except Exception:  # noqa: BLE001 - a missed heartbeat is retried next time
                 pass
 
     def release(self) -> None:

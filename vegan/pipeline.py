@@ -49,9 +49,13 @@ def run_stage(run: Run, stage: str) -> dict[str, Any]:
         info = declared.run(run)
     except BaseException as exc:
         status = "interrupted" if is_interruption(exc) else "failed"
-        run.manifest.set_status(stage, status, error=f"{type(exc).__name__}: {exc}")
+        run.manifest.set_status(stage, status, error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         raise
-    info = {**info, "seconds": round(time.perf_counter() - t0, 2), "output": run.storage.uri(run.manifest.output(stage))}
+    info = {
+        **info,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "output": run.storage.uri(run.manifest.output(stage)),
+    }
     run.manifest.mark_done(stage, info)
     return {**info, "key": run.keys[stage], "reused": False}
 

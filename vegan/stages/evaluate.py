@@ -15,6 +15,9 @@ def evaluate(run: StageContext) -> dict[str, Any]:
 
 # ``ot`` is listed although ``generate`` already needs it: the report reads the OT history and done info.
 STAGE = Stage(
-    name="eval", run=evaluate, output="eval/{key}", title="evaluate",
+    name="eval",
+    run=evaluate,
+    output="eval/{key}",
+    title="evaluate",
     upstream=("ae", "latents", "ot", "generate", "gan"),
 )

@@ -18,8 +18,14 @@ def finetune_gan(run: StageContext) -> dict[str, Any]:
         return {"skipped": "GAN fine-tuning disabled" if run.has_encoder() else "no encoder"}
     out = run.dir("gan")
     res = finetune_decoder(
-        run.model.decoder, run.dataset.data, torch.from_numpy(run.codes), torch.from_numpy(run.generated_codes),
-        g, CheckpointDir(out, g.keep_checkpoints), arch=run.cfg.ae.arch, width=run.cfg.ae.width,
+        run.model.decoder,
+        run.dataset.data,
+        torch.from_numpy(run.codes),
+        torch.from_numpy(run.generated_codes),
+        g,
+        CheckpointDir(out, g.keep_checkpoints),
+        arch=run.cfg.ae.arch,
+        width=run.cfg.ae.width,
         progress=run.progress,
     )
     out.save_torch("generator.pt", {"state_dict": res.generator.state_dict()})
@@ -28,6 +34,10 @@ def finetune_gan(run: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="gan", run=finetune_gan, output="gan/{key}", title="fine-tune decoder (AE-OT-GAN)",
-    upstream=("ae", "latents", "generate"), gpu=True,
+    name="gan",
+    run=finetune_gan,
+    output="gan/{key}",
+    title="fine-tune decoder (AE-OT-GAN)",
+    upstream=("ae", "latents", "generate"),
+    gpu=True,
 )

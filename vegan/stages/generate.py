@@ -23,8 +23,14 @@ def generate_codes(run: StageContext) -> dict[str, Any]:
     g = run.cfg.generate
     res = load_result(run.dir("ot"))
     out = generate(
-        run.codes, res, n=g.n_samples, k=g.k, angle_threshold=g.angle_threshold, seed=g.seed,
-        centroid_samples=g.centroid_samples, progress=run.progress,
+        run.codes,
+        res,
+        n=g.n_samples,
+        k=g.k,
+        angle_threshold=g.angle_threshold,
+        seed=g.seed,
+        centroid_samples=g.centroid_samples,
+        progress=run.progress,
     )
     # mode="w": a half-written store from a crash is replaced; the done marker comes after.
     group = zarr.open_group(run.zarr_store("generate"), mode="w")
@@ -35,6 +41,9 @@ def generate_codes(run: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="generate", run=generate_codes, output="samples/{key}.zarr", title="generate latent codes",
+    name="generate",
+    run=generate_codes,
+    output="samples/{key}.zarr",
+    title="generate latent codes",
     upstream=("ot", "latents"),
 )

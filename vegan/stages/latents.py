@@ -15,11 +15,14 @@ def extract(run: StageContext) -> dict[str, Any]:
     ds = run.dataset
     model = run.model
     return extract_latents(
-        model.encode, ds.data, run.zarr_store("latents"), ds.labels,
-        chunk_rows=run.cfg.latents.chunk_rows, batch_size=run.cfg.latents.batch_size, progress=run.progress,
+        model.encode,
+        ds.data,
+        run.zarr_store("latents"),
+        ds.labels,
+        chunk_rows=run.cfg.latents.chunk_rows,
+        batch_size=run.cfg.latents.batch_size,
+        progress=run.progress,
     )
 
 
-STAGE = Stage(
-    name="latents", run=extract, output="latents/{key}.zarr", title="extract latents", upstream=("ae",)
-)
+STAGE = Stage(name="latents", run=extract, output="latents/{key}.zarr", title="extract latents", upstream=("ae",))

@@ -20,8 +20,10 @@ def solve_ot(run: StageContext) -> dict[str, Any]:
     res = solve(run.codes, config=run.cfg.ot, checkpoints=CheckpointDir(out, keep=3), progress=run.progress)
     save_result(out, res)
     return {
-        "converged": bool(res.converged), "iterations": int(res.iterations),
-        "marginal_error": {k: float(v) for k, v in res.marginal_error.items()}, "n_codes": int(len(run.codes)),
+        "converged": bool(res.converged),
+        "iterations": int(res.iterations),
+        "marginal_error": {k: float(v) for k, v in res.marginal_error.items()},
+        "n_codes": int(len(run.codes)),
     }
 
 

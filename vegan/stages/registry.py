@@ -8,6 +8,8 @@ a ``PipelineConfig`` section per stage.
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 import vegan
 from vegan.config import EXECUTION_FIELDS, PipelineConfig, config_hash
 from vegan.stages import ae, evaluate, gan, generate, latents, ot
@@ -33,7 +35,11 @@ def _topological(declared: tuple[Stage, ...]) -> dict[str, Stage]:
         if stage.name in by_name:
             raise RegistryError(f"stage {stage.name!r} is declared twice")
         by_name[stage.name] = stage
-    sections = PipelineConfig.model_fields
+    sections = {
+        name
+        for name, field in PipelineConfig.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
     for stage in declared:
         unknown = [u for u in (*stage.upstream, stage.name) if u not in by_name]
         if unknown:
