@@ -233,27 +233,30 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vegan.pipeline import is_interruption
-
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    resumable = args.func in (cmd_run, cmd_compare)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if resumable else None
     try:
         return args.func(args)
+    except SystemExit:
+        raise
     except BaseException as exc:
-        if isinstance(exc, SystemExit):
-            raise
         if os.environ.get("VEGAN_DEBUG"):
             raise
+        from vegan.pipeline import is_interruption
+
         if is_interruption(exc):
             by_sigint = isinstance(exc, KeyboardInterrupt)
+            how = "Ctrl-C" if by_sigint else "SIGTERM"
             print(
-                f"vegan: interrupted ({'Ctrl-C' if by_sigint else 'SIGTERM'}): rerun the same command to resume",
+                f"vegan: interrupted ({how})" + (": rerun the same command to resume" if resumable else ""),
                 file=sys.stderr,
             )
             return EXIT_SIGINT if by_sigint else EXIT_SIGTERM
         print(f"vegan: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
