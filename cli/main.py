@@ -57,18 +57,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(preset=preset, path=args.config, overrides=args.set)
     storage = args.storage or os.path.join("runs", preset or cfg.name)
     from vegan.pipeline import preflight, run_pipeline
+    from vegan.storage import Storage
 
-    store = preflight(cfg, storage, args.until)  # bad input: one line, before any stage or server starts
+    # Both paths check the input first (one line on bad input, before any stage starts); the
+    # flow checks again, as it must when triggered from the UI, but here before the server starts.
     if args.no_prefect:
-        results = run_pipeline(cfg, store, until=args.until, progress=not args.quiet)
+        results = run_pipeline(cfg, storage, until=args.until, progress=not args.quiet)
     else:
+        storage = preflight(cfg, storage, args.until).url
         _prefect_env()
         from cli.server import prefect_api
         from flows.pipeline import aeot_pipeline
 
         with prefect_api():
-            results = aeot_pipeline(config=cfg, storage=store.url, until=args.until, progress=not args.quiet)
+            results = aeot_pipeline(config=cfg, storage=storage, until=args.until, progress=not args.quiet)
     from vegan.manifest import Manifest
+
+    store = Storage(storage)
 
     print(f"\nrun folder: {store.url}")
     _print_status(Manifest(store, cfg).status(), as_json=False)

@@ -48,6 +48,12 @@ def test_bad_declarations_are_refused(extra, message):
         _topological((*DECLARED, extra))
 
 
+def test_a_config_section_without_a_stage_is_refused():
+    without_eval = tuple(s for s in DECLARED if s.name != "eval")
+    with pytest.raises(RegistryError, match=r"section\(s\) \['eval'\] belong to no stage"):
+        _topological(without_eval)
+
+
 def test_a_cycle_is_refused():
     looped = dataclasses.replace(STAGES["ae"], upstream=("eval",))
     with pytest.raises(RegistryError, match="form a cycle"):

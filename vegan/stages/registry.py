@@ -2,8 +2,8 @@
 
 ``STAGES`` maps each name to its :class:`~vegan.stages.base.Stage`, in a
 topological order of ``upstream`` (ties keep the order of ``DECLARED``). The
-declarations are checked on import: unique names, known upstreams, no cycle, and
-a ``PipelineConfig`` section per stage.
+declarations are checked on import: unique names, known upstreams, no cycle, a
+``PipelineConfig`` section per stage and no section that no stage uses.
 """
 
 from __future__ import annotations
@@ -41,12 +41,15 @@ def _topological(declared: tuple[Stage, ...]) -> dict[str, Stage]:
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
     }
     for stage in declared:
-        unknown = [u for u in (*stage.upstream, stage.name) if u not in by_name]
+        unknown = [u for u in stage.upstream if u not in by_name]
         if unknown:
             raise RegistryError(f"stage {stage.name!r}: unknown upstream stage(s) {unknown}")
         missing = [s for s in (stage.name, *stage.reads) if s not in sections]
         if missing:
             raise RegistryError(f"stage {stage.name!r}: PipelineConfig has no section(s) {missing}")
+    unused = sections - {s.name for s in declared} - {r for s in declared for r in s.reads}
+    if unused:
+        raise RegistryError(f"PipelineConfig section(s) {sorted(unused)} belong to no stage")
     ordered: dict[str, Stage] = {}
     while len(ordered) < len(declared):
         ready = [s for s in declared if s.name not in ordered and all(u in ordered for u in s.upstream)]
