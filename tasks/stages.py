@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, State
 
@@ -28,7 +29,7 @@ def retry_on_failure_only(task: Task, task_run: TaskRun, state: State) -> bool:
     return not (isinstance(state.data, BaseException) and is_interruption(state.data))
 
 
-@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_failure_only)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_failure_only, cache_policy=NO_CACHE)
 def stage_task(stage: str, config: PipelineConfig, storage: str, progress: bool = True) -> Any:
     """Run ``stage`` (resuming from its checkpoints), or return its recorded info as state Reused."""
     logger = get_run_logger()
