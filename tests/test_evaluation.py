@@ -3,7 +3,15 @@ import pytest
 import torch
 
 from vegan.config import DataConfig, EvalConfig
-from vegan.evaluation import _decode, _gaussian_fit, check_extractor, disjoint_from, held_out_data, held_out_split
+from vegan.evaluation import (
+    _decode,
+    _gaussian_fit,
+    check_extractor,
+    disjoint_from,
+    held_out_data,
+    held_out_split,
+    make_evaluate_fn,
+)
 
 
 def test_decode_keeps_vector_outputs_unclamped():
@@ -152,3 +160,17 @@ def test_unlabeled_image_folder_runs_end_to_end_with_the_defaults(tmp_path):
     assert all(np.isfinite(m["fid"]) for m in info["metrics"].values())
     text = Storage(info["report"].rsplit("/", 1)[0]).read_text("report.md")
     assert "`vegan-selfsup` (auto: the training data has no labels" in text and "Caution" not in text
+
+
+def test_make_evaluate_fn_scores_against_the_test_split_with_a_train_split_extractor(tmp_path):
+    from vegan.data import load_dataset
+    from vegan.storage import Storage
+
+    data = DataConfig(name="digits", limit=400)
+    fn = make_evaluate_fn(data, EvalConfig(n_samples=100, domain_steps=40, kid_subset_size=50),
+                          cache=Storage(str(tmp_path)))  # fmt: skip
+    train = load_dataset(data).data
+    noise = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    m = fn({"train": train[:100], "noise": noise})
+    assert m["noise"]["fid"] > 3 * m["train"]["fid"]
+    (weights,) = (tmp_path / "domain-classifier").glob("*.pt")  # trained once, on the training split
