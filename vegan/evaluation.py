@@ -11,7 +11,9 @@ networks have seen):
   well by being close to the very image it is compared with.
 
 ``n = min(eval.n_samples, len(test split) // 2)``; every generated set has ``n``
-examples. :func:`held_out_split` makes the split; ``report.md`` states it.
+examples. :func:`held_out_split` makes the split; ``report.md`` states it. A
+dataset given by URL has no test split: :func:`held_out_data` then holds out the
+examples beyond the training ``limit`` (and says so in the report when there are none).
 
 Sets compared against the reference:
 
@@ -34,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
-
 if TYPE_CHECKING:
     from vegan.config import DataConfig, EvalConfig
     from vegan.pipeline import Run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def held_out_data(train: torch.Tensor, data_cfg: "DataConfig", n_samples: int) -
     from vegan.data import load_dataset
 
     test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": len(train) + 2 * n_samples})).data
-    fresh, _, dropped = disjoint_from(test, None, train)
+    fresh, _, _ = disjoint_from(test, None, train)
     return fresh if len(fresh) >= 4 else test
 
 
@@ -117,8 +119,12 @@ def check_extractor(
     """
     from pathlib import Path
 
-    from vegan.metrics.extractors import INCEPTION_TF_OFFLINE, InceptionWeightsError, choose_extractor
-    from vegan.metrics.extractors import default_inception_path
+    from vegan.metrics.extractors import (
+        INCEPTION_TF_OFFLINE,
+        InceptionWeightsError,
+        choose_extractor,
+        default_inception_path,
+    )
 
     if not is_image:
         return ExtractorChoice("grid-metrics", "vector data: mode coverage and quality on the grid, no extractor")
