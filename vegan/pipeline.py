@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from vegan.config import PipelineConfig
@@ -74,32 +73,14 @@ def preflight(cfg: PipelineConfig, storage: Storage | str, until: str = "eval") 
     store = storage if isinstance(storage, Storage) else Storage(storage)
     store.check_writable()
     dataset = load_dataset(cfg.data)
-    if "eval" in stages and dataset.is_image:
-        _check_extractor(cfg, dataset.labels is not None)
+    if "eval" in stages:
+        from vegan.evaluation import check_extractor
+
+        try:
+            check_extractor(cfg.data, cfg.eval, dataset.labels is not None, dataset.is_image)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
     return store
-
-
-def _check_extractor(cfg: PipelineConfig, has_labels: bool) -> None:
-    from vegan.metrics.extractors import (
-        DOMAIN,
-        INCEPTION_TF_OFFLINE,
-        InceptionWeightsError,
-        default_inception_path,
-        resolve_extractor_name,
-    )
-
-    name = resolve_extractor_name(cfg.eval.extractor)
-    if name == DOMAIN and not has_labels:
-        raise StageError(
-            f"eval.extractor={cfg.eval.extractor!r} trains a classifier on the dataset's class labels, and "
-            f"dataset {cfg.data.name!r} has none: use a label-free extractor (eval.extractor=inception-tf)"
-        )
-    if name == INCEPTION_TF_OFFLINE:
-        path = Path(cfg.eval.inception_path).expanduser() if cfg.eval.inception_path else default_inception_path()
-        if not path.is_file():
-            raise InceptionWeightsError(
-                f"Inception weights file not found: {path} (set eval.inception_path or $VEGAN_INCEPTION_PATH)"
-            )
 
 
 def run_pipeline(cfg: PipelineConfig, storage: Storage | str, until: str = "eval", progress: bool = True) -> dict:

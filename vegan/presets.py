@@ -27,7 +27,7 @@ PRESETS: dict[str, dict] = {
         },
         "generate": {"n_samples": 256, "k": 4, "angle_threshold": 20.0, "centroid_samples": 32768},
         "gan": {"steps": 30, "batch_size": 32, "checkpoint_every": 10},
-        "eval": {"n_samples": 256, "extractor": "domain", "kid_subset_size": 100},
+        "eval": {"n_samples": 256, "extractor": "auto", "kid_subset_size": 100},
     },
     # `make demo`: MNIST on CPU in a few minutes, a real (if short) AE-OT-GAN run.
     "demo": {
@@ -49,7 +49,7 @@ PRESETS: dict[str, dict] = {
         },
         "generate": {"n_samples": 2000, "k": 8, "angle_threshold": 20.0, "centroid_samples": 200000},
         "gan": {"steps": 300, "batch_size": 64},
-        "eval": {"n_samples": 2000, "extractor": "domain"},
+        "eval": {"n_samples": 2000, "extractor": "auto"},
     },
     # Full datasets: meant for a GPU worker (works on CPU, slowly).
     "mnist": {
