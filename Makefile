@@ -9,7 +9,7 @@ export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: install system demo test test-fast bench clean
+.PHONY: install system demo lint test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,7 +28,11 @@ system:
 demo: install
 	$(BIN)/vegan run --preset demo
 
-test: install system
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install system lint
 	$(BIN)/pytest -q -rs
 
 test-fast: install

@@ -35,7 +35,8 @@ def compare_models_flow(
         data, models, budget, store, make_evaluate_fn(data, eval, cache=store.sub("cache")), n_samples=n_samples
     )
     table = store.sub("compare").read_text("table.md")
-    create_markdown_artifact(key="vegan-compare", markdown=f"# Model comparison\n\n{table}",
-                             description=f"cookbook models on {data.name}")
+    create_markdown_artifact(
+        key="vegan-compare", markdown=f"# Model comparison\n\n{table}", description=f"cookbook models on {data.name}"
+    )
     get_run_logger().info("comparison table: %s", result["files"]["table.md"])
     return result

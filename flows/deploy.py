@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from uuid import UUID
+
+from flows.stages import flow_attr
+from vegan.stages.registry import STAGES
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -51,20 +55,26 @@ class FlowTarget:
         """File-path entrypoint, relative to the repository root (as in infra/prefect.yaml)."""
         return f"{self.module.replace('.', '/')}.py:{self.attr}"
 
+    @property
+    def module_entrypoint(self) -> str:
+        """Module-path entrypoint: resolves wherever the project is installed."""
+        return f"{self.module}.{self.attr}"
+
+    def file_entrypoint(self) -> str:
+        """File-path entrypoint relative to the working directory, where a served runner resolves it."""
+        path = importlib.import_module(self.module).__file__
+        return f"{os.path.relpath(path)}:{self.attr}"
+
     def load(self):
         return getattr(importlib.import_module(self.module), self.attr)
 
 
 TARGETS: tuple[FlowTarget, ...] = (
     FlowTarget("flows.pipeline", "aeot_pipeline", pipeline=True),
-    FlowTarget("flows.stages", "ae_stage", gpu=True),
-    FlowTarget("flows.stages", "latents_stage"),
-    FlowTarget("flows.stages", "ot_stage", gpu=True),
-    FlowTarget("flows.stages", "generate_stage"),
-    FlowTarget("flows.stages", "gan_stage", gpu=True),
-    FlowTarget("flows.stages", "eval_stage"),
+    *(FlowTarget("flows.stages", flow_attr(name), gpu=stage.gpu) for name, stage in STAGES.items()),
     FlowTarget("flows.compare", "compare_models_flow"),
 )
+"""The full pipeline, one flow per registered stage, and the model comparison."""
 
 
 def build_deployments(
@@ -90,31 +100,29 @@ def build_deployments(
     """
     import inspect
 
-    from prefect.deployments.runner import EntrypointType
-
     from vegan.config import load_config
 
     config = load_config(preset=preset, path=config_path, overrides=overrides)
     defaults: dict = {"config": config.model_dump(mode="json")}
     if storage is not None:
         defaults["storage"] = storage
-    entrypoint_type = EntrypointType.MODULE_PATH if module_entrypoints else EntrypointType.FILE_PATH
 
     deployments = []
     for target in targets:
         flow = target.load()
         accepted = inspect.signature(flow.fn).parameters
         pool = (gpu_work_pool if target.gpu and gpu_work_pool else work_pool) if work_pool else None
-        deployments.append(
-            flow.to_deployment(
-                name=config.name,
-                parameters={k: v for k, v in defaults.items() if k in accepted},
-                cron=cron if target.pipeline and cron else None,
-                tags=[*tags, config.name, *(["gpu"] if pool and pool == gpu_work_pool else [])],
-                work_pool_name=pool,
-                entrypoint_type=entrypoint_type,
-            )
+        deployment = flow.to_deployment(
+            name=config.name,
+            parameters={k: v for k, v in defaults.items() if k in accepted},
+            cron=cron if target.pipeline and cron else None,
+            tags=[*tags, config.name, *(["gpu"] if pool and pool == gpu_work_pool else [])],
+            work_pool_name=pool,
         )
+        # Stage flows are made from the registry, so Prefect cannot derive their entrypoints from
+        # the function name: every deployment gets the module attribute the flow is bound to.
+        deployment.entrypoint = target.module_entrypoint if module_entrypoints else target.file_entrypoint()
+        deployments.append(deployment)
     return deployments
 
 
@@ -148,9 +156,7 @@ def serve_deployments(
     """
     from prefect import serve
 
-    deployments = build_deployments(
-        preset, config_path=config_path, overrides=overrides, storage=storage, cron=cron
-    )
+    deployments = build_deployments(preset, config_path=config_path, overrides=overrides, storage=storage, cron=cron)
     with _api(api_url):
         serve(*deployments, limit=limit)
 

@@ -1,37 +1,42 @@
-"""The AE-OT(-GAN) pipeline flow: train AE -> latents -> OT -> generate -> GAN -> eval."""
+"""The AE-OT(-GAN) pipeline flow: the stage DAG of :mod:`vegan.stages.registry`.
+
+Each stage task waits for the states of its upstream stages (``wait_for``), so the
+Prefect graph shows the real dependencies (gan <- ae, latents, generate; eval <-
+every stage). Tasks run in this (main) thread, one after the other in a
+topological order: the trainers' SIGTERM handlers, which checkpoint before a
+preempted worker dies, can only live in the main thread.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 
 from tasks.stages import STAGE_TASKS
-from vegan.config import STAGES, PipelineConfig
-from vegan.manifest import Manifest, RunLock
-from vegan.storage import Storage
+from vegan.config import PipelineConfig
+from vegan.manifest import RunLock
+from vegan.pipeline import preflight
+from vegan.stages.registry import STAGE_NAMES, STAGES, plan
 
-StageName = Literal["ae", "latents", "ot", "generate", "gan", "eval"]
+StageName = Literal[STAGE_NAMES]  # a dropdown in the UI form
 
 
 def run_until(config: PipelineConfig, storage: str, until: str = "eval", progress: bool = True) -> dict[str, Any]:
-    """Run the stage tasks in order up to ``until`` under the run lock.
+    """Check the inputs, then run ``until`` and its upstream stages under the run lock.
 
-    A stage whose done marker exists is looked up in the Prefect cache (state
-    Cached); one without is forced to run (``refresh_cache``), and resumes from
-    its own checkpoints in storage.
+    A stage whose done marker exists ends as state Reused; one without runs, resuming
+    from its own checkpoints in storage. The first failed stage fails the flow.
     """
-    if until not in STAGES:
-        raise ValueError(f"unknown stage {until!r}; stages are {', '.join(STAGES)}")
-    store = Storage(storage)
-    store.check_writable()
-    manifest = Manifest(store, config)
-    results: dict[str, Any] = {}
+    store = preflight(config, storage, until)
+    states: dict[str, State] = {}
     with RunLock(store):
-        for stage in STAGES[: STAGES.index(until) + 1]:
-            task = STAGE_TASKS[stage].with_options(refresh_cache=not manifest.is_done(stage))
-            results[stage] = task(config, store.url, progress)
-    return results
+        for name in plan(until):
+            upstream = [states[up] for up in STAGES[name].upstream]
+            states[name] = STAGE_TASKS[name](name, config, store.url, progress, wait_for=upstream, return_state=True)
+            states[name].result()  # raises the stage's error: nothing downstream starts
+    return {name: state.result() for name, state in states.items()}
 
 
 @flow(name="aeot-pipeline", log_prints=True)
@@ -48,5 +53,5 @@ def aeot_pipeline(
     """
     results = run_until(config, storage, until, progress)
     if "eval" in results:
-        get_run_logger().info("report: %s", results["eval"].get("report"))
+        get_run_logger().info("report: %s/report.md", results["eval"].get("output"))
     return results

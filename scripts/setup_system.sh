@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# Debian packages used by parts of the test suite: Fashion-MNIST (offline copy) and
-# headless Chromium for the Prefect UI test. Installs them when run as root with
-# apt-get available; otherwise says what is missing and carries on (the tests that
-# need them then report it).
+# Debian packages the test suite needs: Fashion-MNIST (offline copy, for the metrics tests)
+# and headless Chromium + chromedriver (for the Prefect UI test). Installs what is missing
+# when run as root with apt-get; exits non-zero, naming what is missing, when it cannot:
+# the suite must not go green by skipping or substituting what it could not get.
 set -u
-need=()
-[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+missing() {
+  need=()
+  [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+}
+missing
 [ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing system packages: ${need[*]}"
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
-    || echo "warning: could not install ${need[*]}" >&2
-else
-  echo "warning: missing system packages (install as root): ${need[*]}" >&2
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: missing system packages: ${need[*]}; run 'sudo bash scripts/setup_system.sh' on a Debian/Ubuntu" \
+       "machine, or install them by hand" >&2
+  exit 1
 fi
-exit 0
+echo "installing system packages: ${need[*]}"
+if ! apt-get update -qq >/dev/null || ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; then
+  echo "error: apt-get could not install ${need[*]}" >&2
+  exit 1
+fi
+missing  # the packages installed, but do they provide what the tests look for?
+if [ ${#need[@]} -ne 0 ]; then
+  echo "error: still missing after installing: ${need[*]}" >&2
+  exit 1
+fi

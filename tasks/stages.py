@@ -1,10 +1,10 @@
-"""One Prefect task per pipeline stage: caching, retries, logging, artifacts.
+"""One Prefect task per registered stage: retries, logging, artifacts, the Reused state.
 
-The cache key is the stage key (a hash of the stage's config and its upstream
-keys) plus the run's storage URL and the library version, so rerunning a flow
-with the same parameters reuses every finished stage across flow runs. The flow
-passes ``refresh_cache=True`` when a stage's done marker is missing from storage,
-so deleting outputs can never be masked by a stale Prefect cache entry.
+Whether a stage is finished is decided by its done marker in storage and nothing
+else (no Prefect result cache): a stage whose marker exists ends in a Completed
+state named ``Reused`` without running, so the UI shows it apart from work done
+in this flow run. Retries are for failures (a preempted worker, a flaky bucket),
+never for a shutdown: an interrupted stage stops the flow, and a rerun resumes it.
 """
 
 from __future__ import annotations
@@ -12,58 +12,48 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import Completed, State
 
-import vegan
-from vegan.config import STAGES, PipelineConfig, stage_key
-from vegan.pipeline import Run, run_stage
+from vegan.config import PipelineConfig
+from vegan.pipeline import is_interruption, run_stage
+from vegan.stages.context import Run
+from vegan.stages.registry import STAGES
 
-TITLES = {
-    "ae": "train autoencoder",
-    "latents": "extract latents",
-    "ot": "solve semi-discrete OT",
-    "generate": "generate latent codes",
-    "gan": "fine-tune decoder (AE-OT-GAN)",
-    "eval": "evaluate",
+
+def retry_on_failure_only(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect retry condition: retry errors, not interruptions (SIGTERM, Ctrl-C)."""
+    return not (isinstance(state.data, BaseException) and is_interruption(state.data))
+
+
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_failure_only, cache_policy=NO_CACHE)
+def stage_task(stage: str, config: PipelineConfig, storage: str, progress: bool = True) -> Any:
+    """Run ``stage`` (resuming from its checkpoints), or return its recorded info as state Reused."""
+    logger = get_run_logger()
+    run = Run(config, storage, progress=progress)
+    if run.manifest.is_done(stage):
+        marker = run.storage.uri(run.manifest.done_marker(stage))
+        logger.info("%s is done (%s): reused", stage, marker)
+        return Completed(name="Reused", message=f"done marker {marker}", data=run_stage(run, stage))
+    logger.info("%s -> %s", run.keys[stage], run.storage.uri(run.manifest.output(stage)))
+    info = run_stage(run, stage)
+    logger.info("%s finished: %s", stage, {k: v for k, v in info.items() if k != "metrics"})
+    if "metrics" in info:
+        from vegan.report import metrics_markdown
+
+        create_markdown_artifact(
+            key=re.sub(r"[^a-z0-9-]+", "-", f"vegan-{stage}-{config.name}".lower())[:60],
+            markdown=f"# {config.name}: evaluation\n\n{metrics_markdown(info['metrics'])}\n\n"
+            f"Report: `{info['output']}/report.md`\n",
+            description=f"AE-OT evaluation of {config.name}",
+        )
+    return info
+
+
+STAGE_TASKS: dict[str, Task] = {
+    name: stage_task.with_options(name=f"stage-{name}", task_run_name=f"{name}: {stage.title}")
+    for name, stage in STAGES.items()
 }
-
-
-def stage_cache_key(stage: str, config: PipelineConfig, storage: str) -> str:
-    return f"vegan-{vegan.__version__}-{stage_key(config, stage)}-{storage}"
-
-
-def _make_stage_task(stage: str):
-    def cache_key(context: Any, parameters: dict[str, Any]) -> str:
-        return stage_cache_key(stage, parameters["config"], parameters["storage"])
-
-    @task(
-        name=f"stage-{stage}",
-        task_run_name=f"{stage}: {TITLES[stage]}",
-        cache_key_fn=cache_key,
-        persist_result=True,
-        retries=1,
-        retry_delay_seconds=5,
-    )
-    def stage_task(config: PipelineConfig, storage: str, progress: bool = True) -> dict[str, Any]:
-        logger = get_run_logger()
-        run = Run(config, storage, progress=progress)
-        logger.info("%s -> %s", run.keys[stage], run.storage.uri(run.manifest.output(stage)))
-        info = run_stage(run, stage)
-        shown = {k: v for k, v in info.items() if k != "metrics"}
-        logger.info("%s finished: %s", stage, shown)
-        if stage == "eval":
-            from vegan.report import metrics_markdown
-
-            create_markdown_artifact(
-                key=re.sub(r"[^a-z0-9-]+", "-", f"vegan-eval-{config.name}".lower())[:60],
-                markdown=f"# {config.name}: evaluation\n\n{metrics_markdown(info['metrics'])}\n\n"
-                f"Report: `{info['output']}/report.md`\n",
-                description=f"AE-OT evaluation of {config.name}",
-            )
-        return info
-
-    return stage_task
-
-
-STAGE_TASKS = {stage: _make_stage_task(stage) for stage in STAGES}

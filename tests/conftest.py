@@ -1,4 +1,9 @@
-"""Shared fixtures: an isolated Prefect home, a real S3-compatible server on loopback."""
+"""Shared fixtures: an isolated Prefect home, a real S3-compatible server on loopback.
+
+With ``VEGAN_STRICT_SKIPS=1`` (set by ``make test``) a skipped test is a failure: on the
+machine kind CI uses every test must run, and a missing dataset, browser or package must
+turn the run red with its reason instead of shrinking the suite silently.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,51 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+STRICT_SKIPS = os.environ.get("VEGAN_STRICT_SKIPS") == "1"
+STRICT_HINT = "install what is missing (e.g. `sudo bash scripts/setup_system.sh`) or unset VEGAN_STRICT_SKIPS"
+_skipped_modules: list[str] = []
+
+
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Strict mode: a skipped test (skip(), skipif, a skipping fixture) becomes a failure with its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but VEGAN_STRICT_SKIPS=1 requires every test to run: {_skip_reason(report)}\n" \
+                          f"({STRICT_HINT})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Strict mode: a module skipped at import (``pytest.importorskip``) fails the session at the end.
+
+    Failing the collection report itself would abort the whole run at collection, so the
+    module is recorded here, named in the summary, and the exit status set in sessionfinish.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped:
+        _skipped_modules.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _skipped_modules:
+        terminalreporter.write_line(f"FAILED (VEGAN_STRICT_SKIPS=1, module skipped) {line}", red=True)
+    if _skipped_modules:
+        terminalreporter.write_line(STRICT_HINT, red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped_modules and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

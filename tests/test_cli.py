@@ -1,8 +1,12 @@
 import json
+import os
 import subprocess
 import sys
+import time
 
-from vegan.cli import main
+import pytest
+
+from cli.main import main
 from vegan.config import load_config
 from vegan.manifest import Manifest
 from vegan.storage import Storage
@@ -29,14 +33,104 @@ def test_status_of_a_missing_run(tmp_path, capsys):
 
 def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
     assert main(["run", "--preset", "tiny", "--storage", str(tmp_path), "--set", "ot.lr=fast"]) == 1
-    assert "invalid config" in capsys.readouterr().err
+    assert "invalid config: ot.lr: Input should be a valid number" in capsys.readouterr().err
     assert main(["run", "--preset", "tiny", "--no-prefect", "--storage", "nosuch://x"]) == 1
     assert "cannot open storage URL" in capsys.readouterr().err
-    code = main(["run", "--preset", "tiny", "--no-prefect", "--storage", str(tmp_path / "r"),
-                 "--set", "data.name=/no/such/data.npz"])
+    code = main(
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--no-prefect",
+            "--storage",
+            str(tmp_path / "r"),
+            "--set",
+            "data.name=/no/such/data.npz",
+        ]
+    )
     assert code == 1 and "dataset not found: /no/such/data.npz" in capsys.readouterr().err
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "vegan.cli", "run", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--storage" in out.stdout and "--preset" in out.stdout
+    assert "{ae,latents,ot,generate,gan,eval}" in out.stdout  # --until choices: the registry's order
+
+
+# ------------------------------------------- bad input: one line, before anything starts
+def _png_folder(path):
+    """Unlabeled images: a folder of PNGs (no class labels)."""
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(path / f"{i}.png")
+    return path
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed: connections are refused
+
+
+BAD_INPUTS = {
+    "unknown preset": (["--preset", "nope"], "invalid choice: 'nope'"),
+    "missing config": (["--config", "{tmp}/missing.yaml"], "config file not found: {tmp}/missing.yaml"),
+    "broken yaml": (["--config", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
+    "wrong-type --set": (["--preset", "tiny", "--set", "ae.steps=many"], "invalid config: ae.steps: Input should be"),
+    "missing dataset": (["--preset", "tiny", "--set", "data.name={tmp}/none.npz"], "dataset not found: {tmp}/none.npz"),
+    "labels needed": (
+        ["--preset", "tiny", "--set", "data.name={tmp}/pngs", "--set", "eval.extractor=domain"],
+        "eval.extractor='domain' trains a classifier on the dataset's class labels",
+    ),
+    "unreachable s3": (
+        ["--preset", "tiny", "--storage", "s3://no-such-bucket/run"],
+        "cannot write to storage s3://no-such-bucket/run",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_in_one_line_before_any_stage(case, tmp_path):
+    args, expected = BAD_INPUTS[case]
+    (tmp_path / "broken.yaml").write_text("ae:\n  steps: [1\n")
+    _png_folder(tmp_path / "pngs")
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--storage" not in args:
+        args += ["--storage", str(tmp_path / "run")]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "run", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    seconds = time.monotonic() - t0
+    assert proc.returncode in (1, 2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected.format(tmp=tmp_path) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and seconds < 60
+    assert not (tmp_path / "run" / "manifest.json").exists()  # no stage started
+
+
+def test_missing_bucket_on_a_live_endpoint(s3_endpoint, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "--preset", "tiny", "--storage", "s3://no-such-bucket/run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert (
+        "cannot write to storage s3://no-such-bucket/run" in lines[0] and "specified bucket does not exist" in lines[0]
+    )

@@ -42,7 +42,9 @@ def test_compare_writes_table_and_grid(tmp_path):
     assert table.count("\n") == 2 + len(models) and "mean_gap" in table and "| wgan-gp |" in table
     assert storage.read_json("compare/table.json")["metrics"]["ae"]["mean"] == out["metrics"]["ae"]["mean"]
     assert storage.read_bytes("compare/samples.png")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any(n.startswith("ckpt-") for n in storage.sub("compare", "vae", storage.listdir("compare/vae")[0]).listdir())
+    assert any(
+        n.startswith("ckpt-") for n in storage.sub("compare", "vae", storage.listdir("compare/vae")[0]).listdir()
+    )
 
     # Rerun: every model loads its final checkpoint and draws the same samples.
     again = compare_models(DATA, models, BASE, storage, pixel_stats(real), n_samples=32)
@@ -52,7 +54,12 @@ def test_compare_writes_table_and_grid(tmp_path):
 def test_compare_on_vectors(tmp_path):
     data = DataConfig(name="grid2d", limit=200)
     storage = Storage(str(tmp_path / "grid"))
-    out = compare_models(data, ["wae-mmd", "aae"], BASE.model_copy(update={"steps": 5}), storage,
-                         lambda s: {k: {"std": float(v.std())} for k, v in s.items()})
+    out = compare_models(
+        data,
+        ["wae-mmd", "aae"],
+        BASE.model_copy(update={"steps": 5}),
+        storage,
+        lambda s: {k: {"std": float(v.std())} for k, v in s.items()},
+    )
     assert set(out["metrics"]) == {"wae-mmd", "aae"}
     assert storage.exists("compare/samples.png")

@@ -1,7 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from vegan.config import PipelineConfig, load_config, parse_overrides, stage_keys
+from vegan.config import PipelineConfig, load_config, parse_overrides
+from vegan.stages.registry import stage_keys
 
 
 def test_changing_a_stage_rekeys_only_it_and_downstream():
@@ -25,7 +26,10 @@ def test_data_change_rekeys_everything():
 
 def test_overrides_are_typed_and_checked(tmp_path):
     assert parse_overrides(["ot.lr=0.5", "data.name=mnist", "gan.enabled=false"]) == {
-        "ot": {"lr": 0.5}, "data": {"name": "mnist"}, "gan": {"enabled": False}}
+        "ot": {"lr": 0.5},
+        "data": {"name": "mnist"},
+        "gan": {"enabled": False},
+    }
     with pytest.raises(ValidationError, match="lr"):
         load_config("tiny", overrides=["ot.lr=fast"])
     with pytest.raises(ValidationError, match="Extra inputs"):
@@ -36,6 +40,10 @@ def test_overrides_are_typed_and_checked(tmp_path):
         load_config("nope")
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(path=tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("ae:\n  steps: [1\n")
+    with pytest.raises(ValueError, match=r"broken.yaml is not valid YAML: .*line 3"):
+        load_config(path=broken)
 
 
 def test_yaml_file_over_preset(tmp_path):

@@ -81,7 +81,8 @@ def test_served_deployments_have_forms_defaults_and_schedule(served_flows, api):
         scheduled = []
         while not scheduled and time.monotonic() < deadline:
             scheduled = [
-                r for r in client.read_flow_runs(limit=50)
+                r
+                for r in client.read_flow_runs(limit=50)
                 if r.deployment_id == pipeline.id and r.state_type.value == "SCHEDULED"
             ]
             time.sleep(1)
@@ -90,8 +91,12 @@ def test_served_deployments_have_forms_defaults_and_schedule(served_flows, api):
 
 def _cli(args: list[str], server, timeout: float = 120) -> str:
     proc = subprocess.run(
-        [str(BIN / "prefect"), *args], env=prefect_env(server.home, server.api_url), cwd=ROOT,
-        capture_output=True, text=True, timeout=timeout,
+        [str(BIN / "prefect"), *args],
+        env=prefect_env(server.home, server.api_url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -102,10 +107,32 @@ def test_prefect_yaml_and_pools_deploy(api):
     import yaml
     from prefect.client.orchestration import get_client
 
-    _cli(["work-pool", "create", "cpu", "--type", "process", "--overwrite",
-          "--base-job-template", "infra/work-pools/cpu-process.json"], api)
-    _cli(["work-pool", "create", "gpu", "--type", "kubernetes", "--overwrite",
-          "--base-job-template", "infra/work-pools/gpu-kubernetes.json"], api)
+    _cli(
+        [
+            "work-pool",
+            "create",
+            "cpu",
+            "--type",
+            "process",
+            "--overwrite",
+            "--base-job-template",
+            "infra/work-pools/cpu-process.json",
+        ],
+        api,
+    )
+    _cli(
+        [
+            "work-pool",
+            "create",
+            "gpu",
+            "--type",
+            "kubernetes",
+            "--overwrite",
+            "--base-job-template",
+            "infra/work-pools/gpu-kubernetes.json",
+        ],
+        api,
+    )
     _cli(["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], api, timeout=300)
 
     spec = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())["deployments"]
@@ -134,7 +161,10 @@ def test_deploy_all_runs_on_a_process_worker(api, tmp_path):
     with open(log, "wb") as out:
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "vegan-test-cpu", "--type", "process"],
-            env=prefect_env(api.home, api.api_url), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            env=prefect_env(api.home, api.api_url),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:

@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from vegan.evaluation import _decode, _gaussian_fit
+from vegan.config import DataConfig, EvalConfig
+from vegan.evaluation import (
+    _decode,
+    _gaussian_fit,
+    check_extractor,
+    disjoint_from,
+    held_out_data,
+    held_out_split,
+    make_evaluate_fn,
+)
 
 
 def test_decode_keeps_vector_outputs_unclamped():
@@ -24,12 +33,144 @@ def test_eval_scores_only_the_chosen_sets(tmp_path):
     from vegan.pipeline import run_pipeline
     from vegan.storage import Storage
 
-    small = ["ae.steps=40", "ot.max_iter=30", "gan.steps=10", "eval.n_samples=128", "generate.n_samples=128"]
-    cfg = load_config("tiny", overrides=small + ["eval.sets=[ae-ot, reconstructions]"])
+    cfg = load_config("tiny", overrides=SMALL + ["eval.sets=[ae-ot, reconstructions]"])
     run_pipeline(cfg, Storage(str(tmp_path)), progress=False)
     st = Storage(str(tmp_path))
     metrics = st.sub(Manifest(st, cfg).output("eval")).read_json("metrics.json")
     assert set(metrics) == {"ae-ot", "reconstructions"}
-    bad = load_config("tiny", overrides=small + ["eval.sets=[ae-ot, vae-prior]"])
+    bad = load_config("tiny", overrides=SMALL + ["eval.sets=[ae-ot, vae-prior]"])
     with pytest.raises(ValueError, match=r"eval.sets.*vae-prior"):
         run_pipeline(bad, Storage(str(tmp_path)), progress=False)
+
+
+# ------------------------------------------------ which data plays which role
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {r.tobytes() for r in x.contiguous().flatten(1).numpy()}
+
+
+@pytest.mark.parametrize("n_test, n_samples, n", [(360, 256, 180), (10000, 2000, 2000), (10000, 10000, 5000), (5, 9, 2)])
+def test_held_out_split_gives_disjoint_reference_and_reconstructed_rows(n_test, n_samples, n):
+    split = held_out_split(n_test, n_samples)
+    ref, rec = set(split.reference.tolist()), set(split.reconstructed.tolist())
+    assert split.n == len(ref) == len(rec) == n
+    assert not ref & rec
+    assert max(ref | rec) < n_test
+
+
+def test_held_out_split_needs_four_examples():
+    with pytest.raises(ValueError, match="held-out split has 3 examples"):
+        held_out_split(3, 100)
+
+
+def test_disjoint_from_drops_exactly_the_shared_rows():
+    x, y = torch.arange(24.0).reshape(6, 4), torch.arange(6)
+    kept, labels, dropped = disjoint_from(x, y, torch.cat([x[[1, 4]], torch.full((1, 4), -1.0)]))
+    assert dropped == 2 and labels.tolist() == [0, 2, 3, 5] and torch.equal(kept, x[[0, 2, 3, 5]])
+    assert disjoint_from(x, None, -x - 1)[2] == 0
+
+
+def test_held_out_data_of_a_dataset_without_test_split(tmp_path):
+    """A .npz has no test split: held-out rows are those beyond the training limit, if any are left."""
+    from vegan.data import load_dataset
+
+    rows = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=rows)
+    cfg = DataConfig(name=str(tmp_path / "d.npz"), limit=8)
+    train = load_dataset(cfg).data
+    held = held_out_data(train, cfg, n_samples=100)
+    assert len(held) == 12 and not _rows(held) & _rows(train)
+    everything = load_dataset(cfg.model_copy(update={"limit": 18})).data  # 2 rows left: too few, fall back
+    assert len(held_out_data(everything, cfg.model_copy(update={"limit": 18}), 100)) == 20
+
+
+def test_check_extractor_explains_the_choice_and_refuses_domain_without_labels(tmp_path):
+    folder = DataConfig(name="s3://bucket/unlabeled-pngs")
+    with pytest.raises(ValueError, match=r"dataset 's3://bucket/unlabeled-pngs': eval.extractor 'domain'.*has none"):
+        check_extractor(folder, EvalConfig(extractor="domain"), has_labels=False)
+    auto = check_extractor(folder, EvalConfig(), has_labels=False)
+    assert auto.name == "vegan-selfsup" and "no labels" in auto.reason
+    assert check_extractor(DataConfig(), EvalConfig(), has_labels=True).name == "vegan-domain"
+    assert check_extractor(folder, EvalConfig(extractor="domain"), False, is_image=False).name == "grid-metrics"
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ValueError, match=f"Inception weights file not found: {missing}"):
+        check_extractor(DataConfig(), EvalConfig(extractor="inception-tf", inception_path=str(missing)), True)
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        check_extractor(DataConfig(), EvalConfig(extractor="inceptoin"), True)
+
+
+SMALL = ["ae.steps=40", "ot.max_iter=30", "gan.steps=10", "eval.n_samples=128", "generate.n_samples=128"]
+
+
+@pytest.mark.slow
+def test_domain_metrics_never_see_the_reference(tmp_path, monkeypatch):
+    """Spies on the real run: what the classifier trains on, what is reconstructed, what the reference is."""
+    import vegan.evaluation as evaluation
+    from vegan.config import load_config
+    from vegan.data import load_dataset
+    from vegan.metrics import extractors, fidelity
+    from vegan.pipeline import run_pipeline
+    from vegan.storage import Storage
+
+    seen: dict[str, torch.Tensor] = {}
+    for module, name, arg in ((extractors, "train_domain_classifier", "classifier"),
+                              (fidelity, "reference_features", "reference"),
+                              (evaluation, "sample_sets", "reconstructed")):  # fmt: skip
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _arg=arg, **kwargs):
+            seen[_arg] = args[1] if _arg == "reconstructed" else args[0]
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    cfg = load_config("tiny", overrides=SMALL)
+    info = run_pipeline(cfg, Storage(str(tmp_path)), progress=False)["eval"]
+    train = load_dataset(cfg.data).data
+    classifier, reference, reconstructed = (_rows(seen[k]) for k in ("classifier", "reference", "reconstructed"))
+    assert len(reference) == len(reconstructed) == info["n_reference"] == 128
+    assert classifier <= _rows(train)  # trained on the training split...
+    assert not classifier & reference  # ...which holds no reference image
+    assert not reconstructed & reference and not reconstructed & _rows(train)
+    assert info["extractor"] == "vegan-domain"
+    text = Storage(info["report"].rsplit("/", 1)[0]).read_text("report.md")
+    assert "## Evaluation protocol" in text and "auto: the training data has labels" in text
+    assert "none of them held-out examples" in text and "Caution" not in text
+
+
+@pytest.mark.slow
+def test_unlabeled_image_folder_runs_end_to_end_with_the_defaults(tmp_path):
+    """A folder of PNGs (no labels) with the tiny preset: auto picks the label-free extractor."""
+    from PIL import Image
+
+    from vegan.config import load_config
+    from vegan.data import load_dataset
+    from vegan.pipeline import run_pipeline
+    from vegan.storage import Storage
+
+    digits = load_dataset(DataConfig(name="digits")).data[:600]
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, img in enumerate(digits):
+        Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:04d}.png")
+    cfg = load_config("tiny", overrides=SMALL + [f"data.name={folder}"])
+    assert cfg.eval.extractor == "auto" and cfg.data.limit == 512
+    info = run_pipeline(cfg, Storage(str(tmp_path / "run")), progress=False)["eval"]
+    assert info["extractor"] == "vegan-selfsup"
+    assert info["n_reference"] == 44  # the 88 images beyond the training limit, halved
+    assert set(info["metrics"]) >= {"reconstructions", "ae-ot", "ae-ot-gan"}
+    assert all(np.isfinite(m["fid"]) for m in info["metrics"].values())
+    text = Storage(info["report"].rsplit("/", 1)[0]).read_text("report.md")
+    assert "`vegan-selfsup` (auto: the training data has no labels" in text and "Caution" not in text
+
+
+def test_make_evaluate_fn_scores_against_the_test_split_with_a_train_split_extractor(tmp_path):
+    from vegan.data import load_dataset
+    from vegan.storage import Storage
+
+    data = DataConfig(name="digits", limit=400)
+    fn = make_evaluate_fn(data, EvalConfig(n_samples=100, domain_steps=40, kid_subset_size=50),
+                          cache=Storage(str(tmp_path)))  # fmt: skip
+    train = load_dataset(data).data
+    noise = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    m = fn({"train": train[:100], "noise": noise})
+    assert m["noise"]["fid"] > 3 * m["train"]["fid"]
+    (weights,) = (tmp_path / "domain-classifier").glob("*.pt")  # trained once, on the training split

@@ -21,12 +21,12 @@ import torch
 
 from vegan.config import load_config
 from vegan.manifest import Manifest
-from vegan.pipeline import Run
+from vegan.stages.context import Run
 from vegan.storage import Storage
 
 pytestmark = pytest.mark.slow
 
-VEGAN = [sys.executable, "-m", "vegan.cli", "run", "--no-prefect", "--quiet", "--preset", "tiny"]
+VEGAN = [sys.executable, "-m", "cli", "run", "--no-prefect", "--quiet", "--preset", "tiny"]
 
 
 def vegan_run(storage: Path, until: str, sets: list[str]) -> subprocess.CompletedProcess:
@@ -127,3 +127,111 @@ def test_kill_during_gan_finetuning_resumes(tmp_path):
     b = torch.load(tmp_path / "b" / m.output("gan") / "generator.pt", weights_only=False)["state_dict"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+# ----------------------------------------------------- SIGTERM and SIGKILL through Prefect
+PREFECT_RUN = [sys.executable, "-m", "cli", "run", "--quiet", "--preset", "tiny"]
+
+
+def session_processes(sid: int) -> list[str]:
+    """``pid command`` of every live process in session ``sid`` (read from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = stat.with_name("cmdline").read_bytes().replace(b"\0", b" ")[:160].decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: session id; Z: zombie
+            out.append(f"{stat.parent.name} {cmdline}")
+    return out
+
+
+def start(args: list[str], storage: Path, sets: list[str], log: Path) -> subprocess.Popen:
+    cmd = [*args, "--storage", str(storage), *[a for s in sets for a in ("--set", s)]]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(ready, proc: subprocess.Popen, log: Path, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the signal point (rc {proc.returncode}): {log.read_text()[-3000:]}")
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the signal point never came")
+        time.sleep(0.05)
+
+
+def sigterm(proc: subprocess.Popen, log: Path) -> float:
+    """SIGTERM the ``vegan run`` process only (as a scheduler does); seconds until it exited."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"still running 30 s after SIGTERM: {log.read_text()[-3000:]}")
+    return time.monotonic() - t0
+
+
+def test_sigterm_in_any_stage_stops_the_run_and_a_rerun_resumes(tmp_path):
+    """Trainer (ae) and non-trainer (ot) stages, through Prefect and without it: exit 143 within 10 s,
+    stage marked interrupted with its checkpoint written, no retry, no process left; reruns resume."""
+    sets = [
+        "ae.steps=150",
+        "ae.checkpoint_every=5",
+        "ot.max_iter=400",
+        "ot.tol=0.0001",
+        "ot.checkpoint_every=5",
+        "ot.n_samples=32768",
+        "ot.max_samples=32768",
+    ]
+    run_dir = tmp_path / "run"
+    m = Manifest(Storage(str(run_dir)), _cfg(sets))
+    ae_ckpts, ot_ckpts = run_dir / m.output("ae"), run_dir / m.output("ot")
+
+    def interrupted(args, ready, stage, name):
+        log = tmp_path / f"{name}.log"
+        proc = start([*args, "--until", "ot"], run_dir, sets, log)
+        wait_for(ready, proc, log)
+        seconds = sigterm(proc, log)
+        text = log.read_text()
+        assert proc.returncode == 143, text[-3000:]
+        assert seconds < 10, seconds
+        assert "interrupted (SIGTERM): rerun the same command to resume" in text
+        assert "Retry 1/1" not in text  # retries are for failures
+        assert m.status()[stage]["status"] == "interrupted"
+        assert not (run_dir / "lock.json").exists()
+        deadline = time.monotonic() + 10
+        while session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert session_processes(proc.pid) == []  # the temporary Prefect server went with it
+
+    interrupted(PREFECT_RUN, lambda: len(list(ae_ckpts.glob("ckpt-*.pt"))) >= 1, "ae", "ae-prefect")
+    assert list(ae_ckpts.glob("ckpt-*.pt"))  # the checkpoint of the interrupted training
+    interrupted(PREFECT_RUN, lambda: len(list(ot_ckpts.glob("ckpt-*.pt"))) >= 1, "ot", "ot-prefect")
+    assert m.done_info("ae")["resumed_from"] is not None  # the second run resumed the training
+    first = {p.name for p in ot_ckpts.glob("ckpt-*.pt")}
+    interrupted(VEGAN, lambda: {p.name for p in ot_ckpts.glob("ckpt-*.pt")} - first, "ot", "ot-direct")
+    vegan_run(run_dir, "ot", sets)
+    assert m.is_done("ot")
+
+
+def test_sigkill_leaves_no_prefect_server_behind(tmp_path):
+    """``vegan run`` starts its own temporary Prefect server; killing the run kills the server."""
+    log = tmp_path / "run.log"
+    run_dir = tmp_path / "run"
+    sets = ["ae.steps=100000", "ae.checkpoint_every=10"]
+    ckpts = run_dir / Manifest(Storage(str(run_dir)), _cfg(sets)).output("ae")
+    proc = start([*PREFECT_RUN, "--until", "ae"], run_dir, sets, log)
+    wait_for(lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 1, proc, log)
+    members = session_processes(proc.pid)
+    assert any("uvicorn" in p for p in members), members  # the server, a child of the run
+    os.kill(proc.pid, signal.SIGKILL)  # the run only: its children are on their own now
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(proc.pid) == []

@@ -2,11 +2,12 @@
 
 One module-scoped run of the whole pipeline is shared by the tests below; the
 resume test changes only the OT config, so the autoencoder and latents of that
-run must be reused (Prefect state Cached, files untouched) while OT reruns.
+run must be reused (Prefect state Reused, files untouched) while OT reruns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,10 +15,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
-import vegan.pipeline
 from flows.pipeline import aeot_pipeline
 from vegan.config import load_config
 from vegan.manifest import Manifest
+from vegan.stages.registry import STAGES
 from vegan.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -37,13 +38,17 @@ def tiny_run(harness, tmp_path_factory):
     return cfg, storage, state
 
 
-def stage_states(flow_state) -> dict[str, str]:
-    """Stage -> state name of its task run in one flow run, read back from the Prefect API."""
+def task_runs(flow_state) -> dict:
+    """Stage -> its task run in one flow run, read back from the Prefect API."""
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
         )
-    return {r.name.split(":")[0]: r.state.name for r in runs if r.state}  # run names are "ae: train ..."
+    return {r.name.split(":")[0]: r for r in runs}  # run names are "ae: train ..."
+
+
+def stage_states(flow_state) -> dict[str, str]:
+    return {stage: r.state.name for stage, r in task_runs(flow_state).items() if r.state}
 
 
 def test_tiny_pipeline_completes_and_writes_report(tiny_run):
@@ -65,13 +70,25 @@ def test_tiny_pipeline_completes_and_writes_report(tiny_run):
     assert manifest["config"]["name"] == "tiny" and "torch" in manifest["versions"]
 
 
-def test_rerun_is_cached_and_changes_nothing(tiny_run):
+def test_the_flow_graph_is_the_stage_dag(tiny_run):
+    """Each task run waits for the task runs of exactly its declared upstream stages."""
+    runs = task_runs(tiny_run[2])
+    assert set(runs) == set(STAGES)
+    ids = {stage: run.id for stage, run in runs.items()}
+    for stage, run in runs.items():
+        waited = {i.id for i in run.task_inputs.get("wait_for", [])}
+        assert waited == {ids[up] for up in STAGES[stage].upstream}, stage
+
+
+def test_rerun_is_reused_and_changes_nothing(tiny_run):
     cfg, storage, _ = tiny_run
     st = Storage(storage)
     before = {p: st.fs.info(p)["mtime"] for p in st.fs.find(st.root) if "/done/" in p or p.endswith(".pt")}
     state = aeot_pipeline(config=cfg, storage=storage, progress=False, return_state=True)
     assert state.is_completed()
-    assert set(stage_states(state).values()) == {"Cached"}
+    runs = task_runs(state)
+    assert {r.state.name for r in runs.values()} == {"Reused"}
+    assert all(r.state.type.value == "COMPLETED" and "done marker" in r.state.message for r in runs.values())
     after = {p: st.fs.info(p)["mtime"] for p in before}
     assert before == after
 
@@ -88,11 +105,12 @@ def test_failed_ot_then_resume_reuses_finished_stages(tiny_run, monkeypatch):
     def broken_ot(run):
         raise RuntimeError("simulated worker failure in OT")
 
-    monkeypatch.setitem(vegan.pipeline.STAGE_FUNCS, "ot", broken_ot)
+    monkeypatch.setitem(STAGES, "ot", dataclasses.replace(STAGES["ot"], run=broken_ot))
     failed = aeot_pipeline(config=cfg2, storage=storage, progress=False, return_state=True)
     assert failed.is_failed()
     states = stage_states(failed)
-    assert states["ae"] == "Cached" and states["latents"] == "Cached"
+    assert states["ae"] == "Reused" and states["latents"] == "Reused"
+    assert states["ot"] == "Failed" and "generate" not in states  # retried once, then nothing downstream
     assert Manifest(st, cfg2).status()["ot"]["status"] == "failed"
     assert "simulated worker failure" in Manifest(st, cfg2).status()["ot"]["error"]
 
@@ -100,7 +118,7 @@ def test_failed_ot_then_resume_reuses_finished_stages(tiny_run, monkeypatch):
     resumed = aeot_pipeline(config=cfg2, storage=storage, progress=False, return_state=True)
     assert resumed.is_completed(), resumed.message
     states = stage_states(resumed)
-    assert states["ae"] == "Cached" and states["latents"] == "Cached"
+    assert states["ae"] == "Reused" and states["latents"] == "Reused"
     assert states["ot"] == "Completed" and states["eval"] == "Completed"
     assert {p: st.fs.info(p)["mtime"] for p in stamps} == stamps  # finished work untouched
     assert all(e["status"] == "done" for e in Manifest(st, cfg2).status().values())
@@ -111,9 +129,13 @@ def test_compare_flow_writes_one_table_for_all_models(harness, tmp_path):
     from vegan.config import AEConfig, DataConfig, EvalConfig
 
     state = compare_models_flow(
-        models=["ae", "wae-mmd", "wgan-gp"], data=DataConfig(name="digits", limit=256),
-        budget=AEConfig(steps=30, latent_dim=4, width=16, batch_size=32), eval=EvalConfig(n_samples=128),
-        storage=str(tmp_path), n_samples=128, return_state=True,
+        models=["ae", "wae-mmd", "wgan-gp"],
+        data=DataConfig(name="digits", limit=256),
+        budget=AEConfig(steps=30, latent_dim=4, width=16, batch_size=32),
+        eval=EvalConfig(n_samples=128),
+        storage=str(tmp_path),
+        n_samples=128,
+        return_state=True,
     )
     assert state.is_completed(), state.message
     result = state.result()

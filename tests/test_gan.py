@@ -13,7 +13,7 @@ from vegan.data import load_dataset
 from vegan.gan import GANResult, finetune_decoder
 from vegan.nets import build_decoder
 from vegan.storage import Storage
-from vegan.training import TrainingInterrupted
+from vegan.training import TrainingError, TrainingInterrupted
 
 LATENT = 4
 
@@ -124,6 +124,30 @@ def test_sigterm_saves_a_checkpoint_and_stops(digits, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted):
         _run(digits, _cfg(steps=6, checkpoint_every=100), checkpoints=ckpt)
     assert ckpt.steps() == [3]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    import vegan.gan as gan
+
+    real_d_loss, calls = gan._d_loss, []
+
+    def nan_at_five(*args):
+        calls.append(1)
+        loss, extra = real_d_loss(*args)
+        return (loss * float("nan") if len(calls) == 5 else loss), extra
+
+    monkeypatch.setattr(gan, "_d_loss", nan_at_five)
+    ckpt = CheckpointDir(Storage(str(tmp_path / "gan")))
+    with pytest.raises(TrainingError, match=r"AE-OT-GAN: non-finite loss d_loss=nan.* at step 5; last good checkpoint: step 4"):
+        _run(digits, _cfg(steps=6), checkpoints=ckpt)
+    assert ckpt.steps() == [2, 4]
+
+
+def test_checkpoint_of_other_settings_is_refused(digits, tmp_path):
+    ckpt = CheckpointDir(Storage(str(tmp_path / "gan")))
+    _run(digits, _cfg(steps=2, loss="hinge"), checkpoints=ckpt)
+    with pytest.raises(TrainingError, match=r"belongs to .*'loss': 'hinge'"):
+        _run(digits, _cfg(steps=4, loss="wgan-gp"), checkpoints=ckpt)
 
 
 @pytest.mark.parametrize(

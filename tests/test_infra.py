@@ -75,6 +75,25 @@ def test_prefect_yaml_deploys_every_flow(prefect_yaml):
     assert pull["directory"] == PROJECT_DIR
 
 
+def test_deployments_come_from_the_registry_and_their_entrypoints_load():
+    """One deployment per registered stage (GPU stages marked), each entrypoint loading its own flow."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.deploy import TARGETS, build_deployments
+    from vegan.stages.registry import STAGES
+
+    stage_targets = [t for t in TARGETS if t.module == "flows.stages"]
+    assert [(t.attr, t.gpu) for t in stage_targets] == [(f"{n}_stage", s.gpu) for n, s in STAGES.items()]
+    for module_paths in (False, True):
+        deployments = build_deployments("tiny", module_entrypoints=module_paths)
+        assert len(deployments) == len(TARGETS)
+        for target, deployment in zip(TARGETS, deployments):
+            expected = target.module_entrypoint if module_paths else target.file_entrypoint()
+            assert deployment.entrypoint == expected
+            loaded = load_flow_from_entrypoint(expected)
+            assert loaded.name == target.load().name == deployment.flow_name
+
+
 @pytest.mark.parametrize(
     "entrypoint",
     sorted({d["entrypoint"] for d in _yaml("prefect.yaml")["deployments"]}),
@@ -173,8 +192,16 @@ def test_gpu_pool_requests_a_gpu(pools):
     assert container["workingDir"] == PROJECT_DIR
     # The Kubernetes worker's job configuration has exactly these top-level fields.
     assert set(template["job_configuration"]) == {
-        "command", "env", "labels", "name", "namespace", "job_manifest", "cluster_config",
-        "job_watch_timeout_seconds", "pod_watch_timeout_seconds", "stream_output",
+        "command",
+        "env",
+        "labels",
+        "name",
+        "namespace",
+        "job_manifest",
+        "cluster_config",
+        "job_watch_timeout_seconds",
+        "pod_watch_timeout_seconds",
+        "stream_output",
     }
 
 
@@ -239,8 +266,16 @@ def test_dockerfile_installs_the_project(name):
 def test_compose_stack():
     compose = _yaml("compose.yaml")
     services = compose["services"]
-    assert {"prefect-server", "postgres", "minio", "minio-init", "dask-scheduler", "dask-worker",
-            "prefect-worker", "deploy"} <= set(services)
+    assert {
+        "prefect-server",
+        "postgres",
+        "minio",
+        "minio-init",
+        "dask-scheduler",
+        "dask-worker",
+        "prefect-worker",
+        "deploy",
+    } <= set(services)
     for name, svc in services.items():
         deps = svc.get("depends_on", [])
         assert set(deps) <= set(services), name
@@ -259,8 +294,7 @@ def test_compose_stack():
     assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
 
     deploy = shlex.split(services["deploy"]["command"][0])
-    for path in ("infra/work-pools/cpu-process.json", "infra/work-pools/gpu-kubernetes.json",
-                 "infra/prefect.yaml"):
+    for path in ("infra/work-pools/cpu-process.json", "infra/work-pools/gpu-kubernetes.json", "infra/prefect.yaml"):
         assert path in deploy and (ROOT / path).is_file()
 
 

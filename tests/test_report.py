@@ -108,3 +108,17 @@ def test_report_on_object_storage(s3_bucket):
     report.write_report(st, {"ae": {"fid": 1.0}}, {"samples": "samples.png"})
     assert st.read_bytes("samples.png").startswith(PNG_MAGIC)
     assert json.loads(st.read_text("metrics.json")) == {"ae": {"fid": 1.0}}
+
+
+def test_protocol_states_roles_extractor_and_caveats():
+    info = {"extractor": "vegan-selfsup", "extractor_reason": "auto: the training data has no labels",
+            "classifier_task": "rotation", "classifier_train_examples": 500, "classifier_accuracy": 0.91}
+    text = report.protocol_markdown(128, 360, 512, info)
+    assert "examples 0 to 127" in text and "examples 128 to 255" in text
+    assert "`vegan-selfsup` (auto: the training data has no labels)" in text
+    assert "500 examples of the training split (of 512; rotation prediction, no labels)" in text
+    assert "none of them held-out examples" in text and "Caution" not in text
+    worst = report.protocol_markdown(10, 20, 20, {**info, "classifier_saw_held_out": True}, overlap=20)
+    assert "**Caution:** 20 of the 20 held-out examples are also training examples" in worst
+    assert "including the held-out examples" in worst
+    assert "no feature extractor" in report.protocol_markdown(10, 20, 20, None)

@@ -25,8 +25,7 @@ SCREENSHOT = ROOT / "docs" / "img" / "prefect-ui-run.png"
 
 if not CHROMIUM.exists():
     pytest.skip(
-        "Chromium not installed (/usr/bin/chromium): apt-get install chromium chromium-driver, "
-        "or `make system`",
+        "Chromium not installed (/usr/bin/chromium): apt-get install chromium chromium-driver, or `make system`",
         allow_module_level=True,
     )
 
@@ -49,9 +48,17 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -100,7 +107,8 @@ def _click_text(driver, text: str, tags: str = "button|a") -> None:
     from selenium.webdriver.common.by import By
 
     candidates = [
-        e for e in driver.find_elements(By.CSS_SELECTOR, ", ".join(tags.split("|")))
+        e
+        for e in driver.find_elements(By.CSS_SELECTOR, ", ".join(tags.split("|")))
         if e.text.strip() == text and e.is_displayed()
     ]
     if not candidates:
@@ -116,9 +124,13 @@ def test_custom_run_from_the_ui(served_flows, browser, tmp_path):  # noqa: F811
     run_dir = tmp_path / "ui-run"
 
     browser.get(f"{server.url}/deployments")
-    link = _wait(browser, lambda d: d.find_element(
-        By.XPATH, "//tr[.//*[normalize-space()='aeot-pipeline']]//a[normalize-space()='tiny']"
-    ), what="deployment aeot-pipeline/tiny")
+    link = _wait(
+        browser,
+        lambda d: d.find_element(
+            By.XPATH, "//tr[.//*[normalize-space()='aeot-pipeline']]//a[normalize-space()='tiny']"
+        ),
+        what="deployment aeot-pipeline/tiny",
+    )
     link.click()
     _wait(browser, lambda d: _click_text(d, "Run"), what="Run button")
     _wait(browser, lambda d: _click_text(d, "Custom run"), what="Custom run menu item")
@@ -130,14 +142,18 @@ def test_custom_run_from_the_ui(served_flows, browser, tmp_path):  # noqa: F811
     _click_text(browser, "Submit")
 
     # Back on the deployment page: the new run is listed under Runs (and in a toast).
-    run_link = _wait(browser, lambda d: [
-        a for a in d.find_elements(By.CSS_SELECTOR, "a[href*='/runs/flow-run/']") if a.is_displayed()
-    ], what="link to the new flow run")[0]
+    run_link = _wait(
+        browser,
+        lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "a[href*='/runs/flow-run/']") if a.is_displayed()],
+        what="link to the new flow run",
+    )[0]
     run_link.click()
     _wait(browser, lambda d: "/runs/flow-run/" in d.current_url, what="flow run page")
     _wait(
         browser,
-        lambda d: any(e.text.strip() == "Completed" for e in d.find_elements(By.CSS_SELECTOR, ".state-badge, .p-tag, span")),
+        lambda d: any(
+            e.text.strip() == "Completed" for e in d.find_elements(By.CSS_SELECTOR, ".state-badge, .p-tag, span")
+        ),
         timeout=600,
         what="state Completed",
     )

@@ -1,3 +1,3 @@
 """vegan: optimal-transport generative models (AE-OT, AE-OT-GAN, the VEGAN cookbook)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

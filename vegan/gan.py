@@ -15,20 +15,18 @@ both by fine-tuning the decoder as a GAN generator:
   loss only; together with the paired codes they show the discriminator what the
   generator does everywhere on the latent support.
 
-The loop follows :mod:`vegan.training`: every batch is a pure function of
-``(seed, step)`` and all noise comes from a generator seeded by ``(seed, step)``,
-so no RNG state needs saving and a run resumed from a checkpoint is identical
-to an uninterrupted one (bitwise on CPU). Checkpoints hold the generator, its
-EMA, the discriminator and both optimizers; they are written every
-``cfg.checkpoint_every`` steps, at the end and on SIGTERM.
+Fine-tuning is one :class:`~vegan.training.TrainJob` run by the shared loop
+:func:`vegan.training.run_loop` (resume, SIGTERM, finite-loss check, history,
+checkpoint cadence live there): this module only says what one step does and
+what a checkpoint holds (the generator, its EMA, the discriminator and both
+optimizers). Every batch is a pure function of ``(seed, step)`` and the
+gradient penalty's noise comes from the loop's checkpointed generator, so a
+resumed run is identical to an uninterrupted one (bitwise on CPU).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import GANConfig
+from vegan.device import resolve_device
+from vegan.models.base import gradient_penalty
 from vegan.nets import Discriminator
-from vegan.training import BatchIndices, TrainingError, TrainingInterrupted, mix_seeds, sigterm_event, resolve_device
-
-log = logging.getLogger(__name__)
+from vegan.training import BatchIndices, TrainJob, mix_seeds, run_loop
 
 
 @dataclass
@@ -103,18 +100,11 @@ def _check_inputs(
 
 
 # ------------------------------------------------------------------ losses
-def _gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    eps = torch.rand((len(real),) + (1,) * (real.ndim - 1), generator=gen, device=real.device)
-    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(disc(mix).sum(), mix, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
 def _d_loss(cfg: GANConfig, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator):
     d_real, d_fake = disc(real), disc(fake)
     if cfg.loss == "hinge":
         return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean(), {}
-    gp = _gradient_penalty(disc, real, fake[: len(real)], gen)
+    gp = gradient_penalty(disc, real, fake[: len(real)], gen)
     return d_fake.mean() - d_real.mean() + cfg.gp_weight * gp, {"gp": gp}
 
 
@@ -129,21 +119,7 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> No
             be.copy_(b)
 
 
-# ------------------------------------------------------------- checkpoints
-def _restore(state: dict, meta: dict, modules: dict[str, Any]) -> None:
-    if state.get("meta") != meta:
-        raise TrainingError(
-            f"GAN checkpoint at step {state['step']} was made for {state.get('meta')}, not {meta}; "
-            "use another checkpoint folder"
-        )
-    try:
-        for name, module in modules.items():
-            module.load_state_dict(state[name])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise TrainingError(f"GAN checkpoint at step {state['step']} does not fit these networks: {exc}") from exc
-
-
-# -------------------------------------------------------------------- loop
+# --------------------------------------------------------------------- the job
 def finetune_decoder(
     decoder: nn.Module,
     images: Any,
@@ -180,78 +156,46 @@ def finetune_decoder(
         disc = Discriminator(shape, arch, width, spectral_norm=cfg.spectral_norm).to(device).train()
     opt_g = torch.optim.Adam(gen_net.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
-    modules = {"generator": gen_net, "ema": ema, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
-    meta = {"shape": list(shape), "latent_dim": paired.shape[1], "arch": arch, "width": width,
-            "loss": cfg.loss, "spectral_norm": cfg.spectral_norm}
-
-    if checkpoints is not None:
-        checkpoints = CheckpointDir(checkpoints.storage, keep=cfg.keep_checkpoints)
-    state = checkpoints.load_latest() if checkpoints is not None else None
-    start, history, seconds, resumed_from = 0, [], 0.0, None
-    if state is not None:
-        _restore(state, meta, modules)
-        start = resumed_from = state["step"]
-        history, seconds = state["history"], state["seconds"]
-        log.info("resuming GAN fine-tuning from step %d", start)
-
-    def save(step: int) -> None:
-        if checkpoints is not None:
-            checkpoints.save(step, {"meta": meta, "history": history, "seconds": time.perf_counter() - t0,
-                                    **{name: m.state_dict() for name, m in modules.items()}})
 
     b = cfg.batch_size
     pairs = BatchIndices(len(paired), b, cfg.seed)
     reals = BatchIndices(len(paired), b, mix_seeds(cfg.seed, 2))
     extra = BatchIndices(len(generated), b, mix_seeds(cfg.seed, 3)) if len(generated) else None
-    t0 = time.perf_counter() - seconds
-    bar = tqdm(
-        total=cfg.steps, initial=min(start, cfg.steps), disable=not progress, desc="AE-OT-GAN", dynamic_ncols=True
-    )
-    with sigterm_event() as sigterm, bar:
-        for step in range(start, cfg.steps):
-            noise = torch.Generator(device=device).manual_seed(mix_seeds(cfg.seed, 4, step))
-            idx = pairs(step)
-            x_p, y_p = images[idx].to(device), paired[idx].to(device)
-            real = images[reals(step)].to(device)
-            codes = y_p if extra is None else torch.cat([y_p, generated[extra(step)].to(device)])
-            fake = gen_net(codes)
 
-            d_loss, d_extra = _d_loss(cfg, disc, real, fake.detach(), noise)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+    def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = pairs(s)
+        x_p, y_p = images[idx].to(device), paired[idx].to(device)
+        real = images[reals(s)].to(device)
+        codes = y_p if extra is None else torch.cat([y_p, generated[extra(s)].to(device)])
+        fake = gen_net(codes)
 
-            disc.requires_grad_(False)
-            g_adv = -disc(fake).mean()
-            pixel = (fake[: len(idx)] - x_p).abs().mean()
-            with torch.no_grad():
-                real_features = disc.features(x_p)
-            feature = (disc.features(fake[: len(idx)]) - real_features).abs().mean()
-            content = pixel + cfg.feature_weight * feature
-            g_loss = g_adv + cfg.content_weight * content
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            disc.requires_grad_(True)
-            _update_ema(ema, gen_net, cfg.ema, step)
+        d_loss, d_extra = _d_loss(cfg, disc, real, fake.detach(), gen)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
 
-            done = step + 1
-            values = {"d_loss": d_loss, "g_adv": g_adv, "content": content, "pixel": pixel, "feature": feature,
-                      **d_extra}
-            losses = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
-            if bad:
-                raise TrainingError(
-                    f"AE-OT-GAN: non-finite loss {', '.join(f'{k}={losses[k]}' for k in bad)} at step {done}; "
-                    "lower cfg.lr_g / cfg.lr_d. The last checkpoint is kept."
-                )
-            if done % log_every == 0 or done == cfg.steps or done == 1:
-                history.append({"step": done, **losses, "seconds": time.perf_counter() - t0})
-            bar.update(1)
-            bar.set_postfix({"d": f"{losses['d_loss']:.3g}", "content": f"{losses['content']:.3g}"}, refresh=False)
-            if done == cfg.steps or done % cfg.checkpoint_every == 0 or sigterm.is_set():
-                save(done)
-            if sigterm.is_set() and done < cfg.steps:
-                raise TrainingInterrupted(done)
+        disc.requires_grad_(False)
+        g_adv = -disc(fake).mean()
+        pixel = (fake[: len(idx)] - x_p).abs().mean()
+        with torch.no_grad():
+            real_features = disc.features(x_p)
+        feature = (disc.features(fake[: len(idx)]) - real_features).abs().mean()
+        content = pixel + cfg.feature_weight * feature
+        g_loss = g_adv + cfg.content_weight * content
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        disc.requires_grad_(True)
+        _update_ema(ema, gen_net, cfg.ema, s)
+        return {"d_loss": d_loss, "g_adv": g_adv, "content": content, "pixel": pixel, "feature": feature, **d_extra}
 
-    return GANResult(ema.cpu().eval(), history, max(start, cfg.steps), resumed_from)
+    job = TrainJob(
+        name="AE-OT-GAN", step=step,
+        state={"generator": gen_net, "ema": ema, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d},
+        meta={"shape": list(shape), "latent_dim": paired.shape[1], "arch": arch, "width": width,
+              "loss": cfg.loss, "spectral_norm": cfg.spectral_norm},
+        steps=cfg.steps, seed=cfg.seed, device=device, checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints, main_loss="content", hint="Lower cfg.lr_g / cfg.lr_d.",
+    )  # fmt: skip
+    res = run_loop(job, checkpoints, progress, log_every)
+    return GANResult(ema.cpu().eval(), res.history, res.step, res.resumed_from)

@@ -18,20 +18,12 @@ import time
 import uuid
 from typing import Any
 
-from vegan.config import STAGES, PipelineConfig, stage_keys
+from vegan.config import PipelineConfig
+from vegan.stages.registry import STAGE_NAMES, STAGES, stage_keys
 from vegan.storage import Storage
 
-STATUSES = ("pending", "running", "done", "failed")
-
-# Where each stage writes, relative to the run folder (see DESIGN.md "Run layout").
-OUTPUTS = {
-    "ae": "ae/{key}",
-    "latents": "latents/{key}.zarr",
-    "ot": "ot/{key}",
-    "generate": "samples/{key}.zarr",
-    "gan": "gan/{key}",
-    "eval": "eval/{key}",
-}
+STATUSES = ("pending", "running", "done", "failed", "interrupted")
+"""``interrupted``: stopped by SIGTERM/Ctrl-C, resumable; ``failed``: stopped by an error."""
 
 
 def _now() -> str:
@@ -63,7 +55,7 @@ class Manifest:
         self.keys = stage_keys(cfg)
 
     def output(self, stage: str) -> str:
-        return OUTPUTS[stage].format(key=self.keys[stage])
+        return STAGES[stage].location(self.keys[stage])
 
     def done_marker(self, stage: str) -> str:
         return f"done/{self.keys[stage]}.json"
@@ -84,14 +76,19 @@ class Manifest:
         return {}
 
     def set_status(self, stage: str, status: str, error: str | None = None) -> None:
-        assert status in STATUSES, status
+        if status not in STATUSES:
+            raise ValueError(f"unknown stage status {status!r}; statuses are {', '.join(STATUSES)}")
         data = self.read()
         data.update(
-            {"name": self.cfg.name, "config": self.cfg.model_dump(mode="json"), "versions": versions(),
-             "updated": _now()}
+            {
+                "name": self.cfg.name,
+                "config": self.cfg.model_dump(mode="json"),
+                "versions": versions(),
+                "updated": _now(),
+            }
         )
         stages = data.setdefault("stages", {})
-        for s in STAGES:  # keys may have changed since the last run: refresh them all
+        for s in STAGE_NAMES:  # keys may have changed since the last run: refresh them all
             entry = stages.setdefault(s, {})
             if entry.get("key") != self.keys[s]:
                 entry.clear()
@@ -108,7 +105,7 @@ class Manifest:
         """Stage -> {status, key, output}: done markers win over what the manifest says."""
         recorded = self.read().get("stages", {})
         out = {}
-        for s in STAGES:
+        for s in STAGE_NAMES:
             entry = recorded.get(s, {})
             status = entry.get("status", "pending") if entry.get("key") == self.keys[s] else "pending"
             if self.is_done(s):
@@ -116,7 +113,7 @@ class Manifest:
             elif status == "done":  # marker gone (deleted outputs): it must rerun
                 status = "pending"
             out[s] = {"status": status, "key": self.keys[s], "output": self.storage.uri(self.output(s))}
-            if "error" in entry and status == "failed":
+            if "error" in entry and status in ("failed", "interrupted"):
                 out[s]["error"] = entry["error"]
         return out
 

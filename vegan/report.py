@@ -256,6 +256,45 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def protocol_markdown(
+    n: int, n_test: int, n_train: int, extractor: Mapping[str, Any] | None, overlap: int = 0
+) -> str:
+    """The evaluation protocol in words: which data each role uses, and which extractor and why.
+
+    ``extractor`` is :attr:`vegan.metrics.fidelity.FeatureSpace.info` (None for vector data);
+    ``overlap`` counts held-out examples that are also training examples (a dataset without a
+    separate test split), which the text then states.
+    """
+    lines = [
+        f"- Reference: held-out (test split) examples 0 to {n - 1} ({n} of the {n_test} loaded).",
+        f"- `reconstructions`: decode(encode(x)) of held-out examples {n} to {2 * n - 1}: never trained on, "
+        "and not the reference images.",
+        f"- Every generated set has {n} examples.",
+    ]
+    if overlap:
+        lines.append(
+            f"- **Caution:** {overlap} of the {2 * n} held-out examples are also training examples: this dataset "
+            "has no separate test split and all of it was used for training, so reconstructions and the "
+            "reference are not truly held out."
+        )
+    if extractor is None:
+        lines.append("- Vector data: mode coverage and sample quality on the grid; no feature extractor.")
+    else:
+        lines.append(f"- Feature extractor: `{extractor['extractor']}` ({extractor.get('extractor_reason', '')}).")
+        if "classifier_task" in extractor:
+            task = "class labels" if extractor["classifier_task"] == "labels" else "rotation prediction, no labels"
+            seen = (
+                "**including the held-out examples** (no other training data exists)"
+                if extractor.get("classifier_saw_held_out") else "none of them held-out examples"
+            )  # fmt: skip
+            lines.append(
+                f"- It was trained on {extractor['classifier_train_examples']} examples of the training split "
+                f"(of {n_train}; {task}), {seen}; accuracy on a held-out tenth of its training data: "
+                f"{extractor['classifier_accuracy']:.3f}."
+            )
+    return "\n".join(lines)
+
+
 def write_report(
     storage: Storage,
     metrics: Mapping[str, Any],

@@ -1,15 +1,22 @@
-"""One resumable training loop for every cookbook model.
+"""One resumable training loop, shared by every cookbook model and by AE-OT-GAN fine-tuning.
 
-Read it top to bottom: resolve the device, restore the newest valid checkpoint
-(or return at once if training already finished), then loop over steps. Each
-step draws its batch from ``(seed, step)`` alone and all noise from a generator
-saved in the checkpoint, so a run resumed from step k is identical to an
-uninterrupted one (bitwise on CPU; on GPU up to cuDNN's nondeterminism). Checkpoints are written every ``cfg.checkpoint_every`` steps,
-at the end, and on SIGTERM (a preempted worker loses nothing); a non-finite
-loss stops training without overwriting the last good checkpoint.
+A kind of training describes itself as a :class:`TrainJob`: a ``step(step, gen)``
+function that does one training step (any number of optimizer updates) and
+returns scalar losses by name, plus the modules and optimizers a checkpoint must
+hold. :func:`run_loop` does everything else, and reads top to bottom: restore
+the newest valid checkpoint (or return at once if training already finished),
+then loop over steps, checking that every loss is finite, recording history,
+and checkpointing every ``checkpoint_every`` steps, at the end and on SIGTERM
+(a preempted worker loses nothing). A non-finite loss stops training without
+overwriting the last good checkpoint.
 
-The loop knows nothing about losses: each model's ``train_step`` does its own
-updates (see :mod:`vegan.models.base`).
+Resume is exact because a step depends on nothing but ``step`` (batches are
+drawn by :class:`BatchIndices` from ``(seed, step)``) and the generator ``gen``
+the loop passes in and checkpoints: a run resumed from step k is identical to
+an uninterrupted one (bitwise on CPU; on GPU up to cuDNN's nondeterminism).
+
+:func:`train_model` is the job of a cookbook model (:mod:`vegan.models.base`);
+:func:`vegan.gan.finetune_decoder` builds the AE-OT-GAN job.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -44,15 +52,6 @@ class TrainingInterrupted(TrainingError):
     def __init__(self, step: int):
         super().__init__(f"training interrupted by SIGTERM at step {step}; rerun to resume")
         self.step = step
-
-
-@dataclass
-class TrainResult:
-    model: GenerativeModel
-    history: list[dict] = field(default_factory=list)
-    step: int = 0
-    resumed_from: int | None = None
-
 
 
 def mix_seeds(*ints: int) -> int:
@@ -102,6 +101,130 @@ def sigterm_event():
         signal.signal(signal.SIGTERM, previous)
 
 
+# ------------------------------------------------------------------ the contract
+@dataclass
+class TrainJob:
+    """One kind of training, as the loop sees it."""
+
+    name: str  # in messages and on the progress bar
+    step: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+    """Does training step ``step`` (0-based) with all its noise from ``gen``; returns scalar losses."""
+    state: dict[str, Any]
+    """Modules and optimizers (anything with ``state_dict``/``load_state_dict``) a checkpoint holds, by name."""
+    meta: dict[str, Any]
+    """What was trained (model, shapes, loss); a checkpoint made for other ``meta`` is refused."""
+    steps: int
+    seed: int
+    device: torch.device
+    checkpoint_every: int
+    keep_checkpoints: int = 3
+    main_loss: str = "loss"  # shown on the progress bar
+    finish: Callable[[], None] | None = None  # run once after the last step, before the final checkpoint
+    hint: str = "Lower the learning rate or check the data."  # appended to the non-finite-loss error
+
+
+@dataclass
+class LoopResult:
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    resumed_from: int | None = None
+
+
+def _restore(saved: dict, job: TrainJob, gen: torch.Generator) -> None:
+    if saved.get("meta") != job.meta:
+        raise TrainingError(
+            f"{job.name}: checkpoint at step {saved['step']} belongs to {saved.get('meta')}, not {job.meta}; "
+            "use another checkpoint folder"
+        )
+    try:
+        for name, obj in job.state.items():
+            obj.load_state_dict(saved["state"][name])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise TrainingError(f"{job.name}: checkpoint at step {saved['step']} does not fit: {exc}") from exc
+    if saved.get("rng_device") == gen.device.type:
+        gen.set_state(saved["rng"])
+    else:
+        # CPU and CUDA generators have different states: continue deterministically, not identically.
+        log.warning("checkpoint RNG is from %s, now on %s: reseeding", saved.get("rng_device"), gen.device.type)
+        gen.manual_seed(mix_seeds(job.seed, saved["step"]))
+
+
+def _save(ckpt: CheckpointDir | None, step: int, job: TrainJob, gen, history: list, seconds: float) -> None:
+    if ckpt is not None:
+        state = {name: obj.state_dict() for name, obj in job.state.items()}
+        ckpt.save(step, {"meta": job.meta, "state": state, "rng": gen.get_state(), "rng_device": gen.device.type,
+                         "history": history, "seconds": seconds})  # fmt: skip
+
+
+def _scalars(out: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Losses as floats, with one device sync for all of them."""
+    return dict(zip(out, torch.stack([v.detach().float() for v in out.values()]).tolist()))
+
+
+# --------------------------------------------------------------------- the loop
+def run_loop(
+    job: TrainJob, checkpoints: CheckpointDir | None = None, progress: bool = True, log_every: int = 50
+) -> LoopResult:
+    """Run ``job`` to ``job.steps``, resuming from the newest loadable checkpoint in ``checkpoints``.
+
+    History gets a row at step 1, every ``log_every`` steps and at the last step.
+    Raises :class:`TrainingError` on a non-finite loss or an incompatible
+    checkpoint, :class:`TrainingInterrupted` after checkpointing on SIGTERM.
+    """
+    gen = torch.Generator(device=job.device).manual_seed(mix_seeds(job.seed, -1))
+    if checkpoints is not None:
+        checkpoints = CheckpointDir(checkpoints.storage, keep=job.keep_checkpoints)
+    saved = checkpoints.load_latest() if checkpoints is not None else None
+    start, history, seconds, resumed_from = 0, [], 0.0, None
+    if saved is not None:
+        _restore(saved, job, gen)
+        start = resumed_from = saved["step"]
+        history, seconds = saved["history"], saved["seconds"]
+        log.info("resuming %s from step %d", job.name, start)
+    if start >= job.steps:
+        return LoopResult(history, start, resumed_from)
+
+    last_saved = start if saved is not None else None
+    t0 = time.perf_counter() - seconds
+    bar = tqdm(total=job.steps, initial=start, disable=not progress, desc=job.name, dynamic_ncols=True)
+    with sigterm_event() as sigterm, bar:
+        for step in range(start, job.steps):
+            losses = _scalars(job.step(step, gen))
+            done = step + 1
+
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                where = f"step {last_saved}" if last_saved is not None else "none written"
+                raise TrainingError(
+                    f"{job.name}: non-finite loss {', '.join(f'{k}={losses[k]}' for k in bad)} at step {done}; "
+                    f"last good checkpoint: {where}. {job.hint}"
+                )
+            if done == 1 or done % log_every == 0 or done == job.steps:
+                history.append({"step": done, **losses, "seconds": time.perf_counter() - t0})
+            bar.update(1)
+            bar.set_postfix({job.main_loss: f"{losses[job.main_loss]:.4g}"}, refresh=False)
+
+            if done == job.steps and job.finish is not None:
+                job.finish()
+            if done == job.steps or done % job.checkpoint_every == 0 or sigterm.is_set():
+                _save(checkpoints, done, job, gen, history, time.perf_counter() - t0)
+                last_saved = done
+            if sigterm.is_set() and done < job.steps:
+                raise TrainingInterrupted(done)
+
+    log.info("trained %s for %d steps", job.name, job.steps)
+    return LoopResult(history, job.steps, resumed_from)
+
+
+# ------------------------------------------------------------ cookbook models
+@dataclass
+class TrainResult:
+    model: GenerativeModel
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    resumed_from: int | None = None
+
+
 def _check_data(model: GenerativeModel, data: torch.Tensor) -> None:
     if not isinstance(data, torch.Tensor) or not data.is_floating_point():
         raise TrainingError(f"data must be a float tensor, got {type(data).__name__} {getattr(data, 'dtype', '')}")
@@ -115,44 +238,6 @@ def _check_data(model: GenerativeModel, data: torch.Tensor) -> None:
         raise TrainingError("training data contains NaN or infinite values")
 
 
-def _restore(state: dict, model: GenerativeModel, optimizers: dict, gen: torch.Generator, seed: int) -> None:
-    if state.get("model_name") != model.name or tuple(state.get("shape", ())) != model.shape:
-        raise TrainingError(
-            f"checkpoint at step {state['step']} belongs to model {state.get('model_name')!r} with shape "
-            f"{state.get('shape')}, not {model.name!r} with shape {model.shape}; use another checkpoint folder"
-        )
-    try:
-        model.load_state_dict(state["model"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise TrainingError(f"checkpoint at step {state['step']} does not fit this model: {exc}") from exc
-    if state.get("rng_device") == gen.device.type:
-        gen.set_state(state["rng"])
-    else:
-        # CPU and CUDA generators have different states: continue deterministically, not identically.
-        log.warning("checkpoint RNG is from %s, now on %s: reseeding", state.get("rng_device"), gen.device.type)
-        gen.manual_seed(mix_seeds(seed, state["step"]))
-
-
-def _save(ckpt: CheckpointDir | None, step: int, model, optimizers, gen, history, seconds) -> None:
-    if ckpt is None:
-        return
-    ckpt.save(
-        step,
-        {
-            "model_name": model.name,
-            "shape": list(model.shape),
-            "model": model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-            "rng": gen.get_state(),
-            "rng_device": gen.device.type,
-            "history": history,
-            "seconds": seconds,
-        },
-    )
-
-
 def train_model(
     model: GenerativeModel,
     data: torch.Tensor,
@@ -163,65 +248,35 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` on ``data`` (N examples of ``model.shape``) for ``cfg.steps`` steps.
 
-    Resumes from the newest valid checkpoint in ``checkpoints``; returns at once
-    when that checkpoint is already at ``cfg.steps``. Returns the model on CPU in
-    eval mode. Raises :class:`TrainingError` on bad data or a non-finite loss and
+    The model's ``train_step(x, optimizers, gen)`` is the step; the batch of step
+    ``s`` is ``data[BatchIndices(...)(s)]``. Resumes from the newest valid
+    checkpoint in ``checkpoints``; returns at once when that checkpoint is
+    already at ``cfg.steps``. Returns the model on CPU in eval mode. Raises
+    :class:`TrainingError` on bad data or a non-finite loss and
     :class:`TrainingInterrupted` after checkpointing on SIGTERM.
     """
     _check_data(model, data)
     data = data.float()
     device = resolve_device(cfg.device)
-    model.to(device)
+    model.to(device).train()
     optimizers = model.make_optimizers(cfg)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(mix_seeds(cfg.seed, -1))
-
-    start, history, seconds, resumed_from = 0, [], 0.0, None
-    if checkpoints is not None:
-        checkpoints = CheckpointDir(checkpoints.storage, keep=cfg.keep_checkpoints)
-    state = checkpoints.load_latest() if checkpoints is not None else None
-    if state is not None:
-        _restore(state, model, optimizers, gen, cfg.seed)
-        start = resumed_from = state["step"]
-        history, seconds = state["history"], state["seconds"]
-        log.info("resuming %s from step %d", model.name, start)
-    if start >= cfg.steps:
-        model.cpu().eval()
-        return TrainResult(model, history, start, resumed_from)
-
     batches = BatchIndices(len(data), cfg.batch_size * model.batch_multiplier, cfg.seed)
-    last_saved = start if state is not None else None
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {model.name}", dynamic_ncols=True)
-    t0 = time.perf_counter() - seconds
-    model.train()
-    with sigterm_event() as sigterm, bar:
-        for step in range(start, cfg.steps):
-            x = data[batches(step)].to(device, non_blocking=True)
-            out = model.train_step(x, optimizers, gen)
-            losses = dict(zip(out, torch.stack([v.float() for v in out.values()]).tolist()))
-            done = step + 1
 
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
-            if bad:
-                where = f"step {last_saved}" if last_saved is not None else "none written"
-                raise TrainingError(
-                    f"{model.name}: non-finite loss {', '.join(f'{k}={losses[k]}' for k in bad)} at step {done}; "
-                    f"last good checkpoint: {where}. Lower cfg.lr or check the data."
-                )
-            if done % log_every == 0 or done == cfg.steps:
-                history.append({"step": done, **losses, "seconds": time.perf_counter() - t0})
-            bar.update(1)
-            bar.set_postfix({model.main_loss: f"{losses[model.main_loss]:.4g}"}, refresh=False)
+    def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return model.train_step(data[batches(s)].to(device, non_blocking=True), optimizers, gen)
 
-            if done == cfg.steps:
-                model.eval()
-                model.after_training(data, cfg)
-            if done == cfg.steps or done % cfg.checkpoint_every == 0 or sigterm.is_set():
-                _save(checkpoints, done, model, optimizers, gen, history, time.perf_counter() - t0)
-                last_saved = done
-            if sigterm.is_set() and done < cfg.steps:
-                raise TrainingInterrupted(done)
+    def finish() -> None:
+        model.eval()
+        model.after_training(data, cfg)
 
-    log.info("trained %s for %d steps", model.name, cfg.steps)
+    job = TrainJob(
+        name=f"train {model.name}", step=step,
+        state={"model": model, **{f"optimizer.{k}": opt for k, opt in optimizers.items()}},
+        meta={"model": model.name, "shape": list(model.shape)},
+        steps=cfg.steps, seed=cfg.seed, device=device, checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints, main_loss=model.main_loss, finish=finish,
+        hint="Lower cfg.lr or check the data.",
+    )  # fmt: skip
+    res = run_loop(job, checkpoints, progress, log_every)
     model.cpu().eval()
-    return TrainResult(model, history, cfg.steps, resumed_from)
+    return TrainResult(model, res.history, res.step, res.resumed_from)

@@ -8,7 +8,9 @@ package registers our feature extractors with torch-fidelity.
 from vegan.metrics.extractors import (
     DOMAIN,
     INCEPTION_TF_OFFLINE,
+    SELFSUP,
     InceptionWeightsError,
+    choose_extractor,
     default_inception_path,
     register_extractors,
 )
@@ -19,7 +21,9 @@ from vegan.metrics.prdc import prdc
 __all__ = [
     "DOMAIN",
     "INCEPTION_TF_OFFLINE",
+    "SELFSUP",
     "InceptionWeightsError",
+    "choose_extractor",
     "default_inception_path",
     "evaluate_sets",
     "extract_features",

@@ -13,11 +13,22 @@ extractor; we add two names to its registry:
     convolutional part: it neither resizes (its final 8x8 pooling needs a 299 input)
     nor rescales.
 ``vegan-domain``
-    A small classifier trained on the dataset itself (:func:`train_domain_classifier`).
-    Inception features are meaningless for 8x8 digits or 2-D points and cost
-    ~0.1 s per image on CPU; a domain classifier trains in seconds and its
-    penultimate layer separates the dataset's classes, which is what FID needs.
-    Because it also has class logits, it gives a "domain Inception Score".
+    A small classifier trained on the dataset's *training split* with its class
+    labels (:func:`train_domain_classifier`). Inception features are meaningless
+    for 8x8 digits or 2-D points and cost ~0.1 s per image on CPU; a domain
+    classifier trains in seconds and its penultimate layer separates the
+    dataset's classes, which is what FID needs. Because it also has class
+    logits, it gives a "domain Inception Score". It must never see the
+    reference images: a feature space fitted to the reference would make every
+    set near the reference look better than it is.
+``vegan-selfsup``
+    The same network trained without labels, on a self-supervised pretext task:
+    predict which rotation (0, 90, 180, 270 degrees; 0/180 for non-square images)
+    was applied to a training image (Gidaris et al. 2018, "RotNet"). Predicting
+    the rotation needs the shape and pose of the object, so the penultimate layer
+    carries them; it trains as fast as the domain classifier. It is the label-free
+    choice of ``extractor: auto``. Its logits say nothing about classes, so it gives
+    no Inception Score.
 
 torch-fidelity's own ``inception-v3-compat`` (downloaded weights) stays usable
 by name where the internet is reachable.
@@ -51,9 +62,19 @@ log = logging.getLogger(__name__)
 INCEPTION_TF_OFFLINE = "inception-tf-offline"
 INCEPTION_V3_COMPAT = "inception-v3-compat"
 DOMAIN = "vegan-domain"
+SELFSUP = "vegan-selfsup"
+AUTO = "auto"
 
 # EvalConfig.extractor accepts these short names besides any registered torch-fidelity name.
-ALIASES = {"domain": DOMAIN, "inception-tf": INCEPTION_TF_OFFLINE, "inception": INCEPTION_TF_OFFLINE}
+ALIASES = {
+    "domain": DOMAIN,
+    "selfsup": SELFSUP,
+    "rotation": SELFSUP,
+    "inception-tf": INCEPTION_TF_OFFLINE,
+    "inception": INCEPTION_TF_OFFLINE,
+}
+TRAINED = (DOMAIN, SELFSUP)
+"""Extractors trained by the pipeline on the training split (never on the reference)."""
 
 
 class InceptionWeightsError(RuntimeError):
@@ -217,26 +238,59 @@ def _one_intra_op_thread():
         torch.set_num_threads(before)
 
 
+def rotations_for(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Quarter turns the rotation pretext task predicts: all four for square images, else 0 and 180."""
+    return (0, 1, 2, 3) if shape[-1] == shape[-2] else (0, 2)
+
+
+def _rotate(x: torch.Tensor, turns: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """Rotate each image ``x[i]`` by ``ks[turns[i]]`` quarter turns."""
+    out = x.clone()
+    for cls, k in enumerate(ks):
+        sel = turns == cls
+        if k and sel.any():
+            out[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    return out
+
+
 def train_domain_classifier(
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     steps: int = 300,
     max_examples: int = 10_000,
     batch_size: int = 64,
     seed: int = 0,
+    task: str = "labels",
 ) -> tuple[DomainClassifier, float]:
-    """Train on (a subsample of) ``(x, y)``; returns the model and its held-out accuracy."""
-    if y is None:
-        raise ValueError("the domain classifier needs class labels for the reference data")
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    """Train on (a subsample of) ``x``; returns the model and its accuracy on a held-out 10% of ``x``.
+
+    ``task="labels"`` predicts the class labels ``y``; ``task="rotation"`` (images only,
+    ``y`` ignored) predicts the rotation applied to each image, which needs no labels.
+    """
+    if task == "labels":
+        if y is None:
+            raise ValueError("the domain classifier needs class labels for its training data")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    elif task == "rotation":
+        if x.ndim != 4:
+            raise ValueError(f"the rotation pretext task needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    else:
+        raise ValueError(f"unknown classifier task {task!r}: labels or rotation")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=g)[:max_examples]
-    x, y = x[idx].float(), y[idx].long()
+    x = x[idx].float()
+    ks = rotations_for(tuple(x.shape[1:])) if task == "rotation" else ()
+    if task == "labels":
+        y = y[idx].long()
+    else:  # a fixed rotation per validation example; training batches draw fresh ones
+        y = torch.randint(0, len(ks), (len(x),), generator=g)
     n_val = max(1, len(x) // 10) if len(x) >= 20 else 0
     xv, yv, xt, yt = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
+    if task == "rotation":
+        xv = _rotate(xv, yv, ks)
     torch.manual_seed(seed)
-    model = DomainClassifier(tuple(x.shape[1:]), int(y.max()) + 1)
+    model = DomainClassifier(tuple(x.shape[1:]), len(ks) if ks else int(y.max()) + 1)
     if x.ndim == 2:
         model.mean.copy_(xt.mean())
         model.std.copy_(xt.std().clamp_min(1e-6))
@@ -248,7 +302,12 @@ def train_domain_classifier(
     with _one_intra_op_thread():
         for _ in range(steps):
             b = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
-            loss = F.cross_entropy(model(xt[b]), yt[b])
+            if task == "rotation":
+                target = torch.randint(0, len(ks), (len(b),), generator=g)
+                inputs = _rotate(xt[b], target, ks)
+            else:
+                inputs, target = xt[b], yt[b]
+            loss = F.cross_entropy(model(inputs), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -267,14 +326,18 @@ def load_or_train_domain_classifier(
     steps: int = 300,
     max_examples: int = 10_000,
     seed: int = 0,
+    task: str = "labels",
 ) -> TrainedClassifier:
-    """The domain classifier for a dataset, cached by its content hash and training settings."""
-    if y is None:
+    """The classifier for a training set, cached by its content hash, task and training settings."""
+    if task == "labels" and y is None:
         raise ValueError(
-            "extractor 'domain' trains a classifier on the reference images and needs their labels: "
-            "pass labels=..., or use extractor='inception-tf'"
+            "extractor 'domain' trains a classifier on the training split's labels, and this data has none: "
+            "use extractor='auto' or 'selfsup' (label-free), or 'inception-tf'"
         )
-    key = f"{data_hash}-{config_hash({'steps': steps, 'max_examples': max_examples, 'seed': seed, 'v': 3})}"
+    settings = {"steps": steps, "max_examples": max_examples, "seed": seed, "v": 3}
+    if task != "labels":  # keys of label-trained classifiers stay what they were
+        settings["task"] = task
+    key = f"{data_hash}-{config_hash(settings)}"
     rel = f"domain-classifier/{key}.pt"
     if cache is not None and cache.exists(rel):
         blob = cache.load_torch(rel)
@@ -283,9 +346,9 @@ def load_or_train_domain_classifier(
         model.eval().requires_grad_(False)
         return TrainedClassifier(model, key, blob["accuracy"], 0.0, cached=True)
     t0 = time.perf_counter()
-    model, acc = train_domain_classifier(x, y, steps=steps, max_examples=max_examples, seed=seed)
+    model, acc = train_domain_classifier(x, y, steps=steps, max_examples=max_examples, seed=seed, task=task)
     seconds = time.perf_counter() - t0
-    log.info("domain classifier trained in %.1f s, held-out accuracy %.3f", seconds, acc)
+    log.info("%s classifier trained in %.1f s, held-out accuracy %.3f", task, seconds, acc)
     if cache is not None:
         cache.save_torch(rel, {"spec": model.spec, "state": model.state_dict(), "accuracy": acc})
     return TrainedClassifier(model, key, acc, seconds, cached=False)
@@ -341,20 +404,55 @@ class DomainFeatureExtractor(FeatureExtractorBase):
         return tuple(out[name] for name in self.features_list)
 
 
+class SelfSupFeatureExtractor(DomainFeatureExtractor):
+    """Features of a rotation-pretext :class:`DomainClassifier`; its logits predict rotations, so
+    the Inception Score is not offered (``isc`` maps to the features, which are not logits)."""
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "features"
+
+
 # ------------------------------------------------------------------- registry
 def register_extractors() -> None:
     """Add our extractors to torch-fidelity's registry (idempotent: safe on re-import)."""
-    for name, cls in ((INCEPTION_TF_OFFLINE, InceptionTFOffline), (DOMAIN, DomainFeatureExtractor)):
+    ours = ((INCEPTION_TF_OFFLINE, InceptionTFOffline), (DOMAIN, DomainFeatureExtractor),
+            (SELFSUP, SelfSupFeatureExtractor))  # fmt: skip
+    for name, cls in ours:
         if name not in FEATURE_EXTRACTORS_REGISTRY:
             register_feature_extractor(name, cls)
 
 
+def choose_extractor(name: str, has_labels: bool) -> tuple[str, str]:
+    """Resolve ``name`` (``auto`` included) to a registered extractor; returns ``(name, why)``.
+
+    ``auto`` is the domain classifier when the training data has labels, else the
+    label-free self-supervised one: both train in seconds on CPU and need no download.
+    An explicit ``domain`` on data without labels is a ``ValueError`` here, before any work.
+    """
+    if name == AUTO:
+        if has_labels:
+            return DOMAIN, "auto: the training data has labels, so a classifier of its classes gives the features"
+        return SELFSUP, ("auto: the training data has no labels, so the features come from a network trained "
+                         "without labels (rotation prediction) on the training split")  # fmt: skip
+    resolved = resolve_extractor_name(name)
+    if resolved == DOMAIN and not has_labels:
+        raise ValueError(
+            "eval.extractor 'domain' trains a classifier on the dataset's labels, but this dataset has none; "
+            "use extractor 'auto' or 'selfsup' (trained without labels) or 'inception-tf'"
+        )
+    return resolved, f"eval.extractor = {name!r}"
+
+
 def resolve_extractor_name(name: str) -> str:
-    """Map a config name (``domain``, ``inception-tf``, or any torch-fidelity name) to a registered one."""
+    """Map a config name (``domain``, ``selfsup``, ``inception-tf``, or any torch-fidelity name) to a
+    registered one. ``auto`` depends on the data: see :func:`choose_extractor`."""
     register_extractors()
+    if name == AUTO:
+        raise ValueError("extractor 'auto' depends on the data: resolve it with choose_extractor(name, has_labels)")
     resolved = ALIASES.get(name, name)
     if resolved not in FEATURE_EXTRACTORS_REGISTRY:
-        known = sorted(set(ALIASES) | set(FEATURE_EXTRACTORS_REGISTRY))
+        known = sorted(set(ALIASES) | set(FEATURE_EXTRACTORS_REGISTRY) | {AUTO})
         raise ValueError(f"unknown feature extractor {name!r}; known: {', '.join(known)}")
     return resolved
 

@@ -35,11 +35,12 @@ from tqdm.auto import tqdm
 from vegan.config import EvalConfig
 from vegan.device import resolve_device
 from vegan.metrics.extractors import (
-    DOMAIN,
     INCEPTION_TF_OFFLINE,
+    SELFSUP,
+    TRAINED,
+    choose_extractor,
     load_inception,
     load_or_train_domain_classifier,
-    resolve_extractor_name,
 )
 from vegan.metrics.prdc import prdc
 from vegan.storage import Storage
@@ -87,28 +88,40 @@ def _isc_layer(cls: type[FeatureExtractorBase]) -> str | None:
 
 def feature_space(
     cfg: EvalConfig,
-    real: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    real_hash: str | None = None,
+    train: torch.Tensor | None = None,
+    train_labels: torch.Tensor | None = None,
+    train_hash: str | None = None,
     cache: Storage | None = None,
 ) -> FeatureSpace:
-    """Build the extractor named by ``cfg.extractor`` (training the domain classifier if needed)."""
-    name = resolve_extractor_name(cfg.extractor)
+    """Build the extractor named by ``cfg.extractor`` (``auto`` included; see
+    :func:`~vegan.metrics.extractors.choose_extractor`).
+
+    The trained extractors (``domain``, ``selfsup``) learn from ``train`` (with
+    ``train_labels`` for ``domain``): data disjoint from the reference set, normally
+    the training split. ``train_hash`` identifies that content in the classifier cache.
+    """
+    name, why = choose_extractor(cfg.extractor, has_labels=train_labels is not None)
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     kwargs: dict[str, Any] = {}
-    info: dict[str, Any] = {"extractor": name}
-    if name == DOMAIN:
-        if real is None:
-            raise ValueError("extractor 'domain' needs the reference data to train on")
+    info: dict[str, Any] = {"extractor": name, "extractor_reason": why}
+    if name in TRAINED:
+        if train is None:
+            raise ValueError(
+                f"extractor {name!r} is trained by the pipeline and needs training data disjoint from the "
+                "reference set: pass train= (and train_labels= for 'domain')"
+            )
+        task = "rotation" if name == SELFSUP else "labels"
         trained = load_or_train_domain_classifier(
-            real, labels, real_hash or tensor_hash(real, labels), cache,
-            steps=cfg.domain_steps, max_examples=cfg.domain_max_examples, seed=cfg.seed,
+            train, train_labels, train_hash or tensor_hash(train, train_labels), cache,
+            steps=cfg.domain_steps, max_examples=cfg.domain_max_examples, seed=cfg.seed, task=task,
         )  # fmt: skip
         kwargs["domain_classifier"] = trained.model
         fingerprint = f"{name}-{trained.key}"
         info.update(
-            domain_accuracy=trained.accuracy, domain_train_seconds=trained.seconds, domain_cached=trained.cached
-        )
+            classifier_task=task, classifier_train_examples=min(len(train), cfg.domain_max_examples),
+            classifier_accuracy=trained.accuracy, classifier_train_seconds=trained.seconds,
+            classifier_cached=trained.cached,
+        )  # fmt: skip
     elif name == INCEPTION_TF_OFFLINE:
         if cfg.inception_path:
             kwargs["feature_extractor_weights_path"] = cfg.inception_path
@@ -124,7 +137,7 @@ def feature_space(
     except OSError as exc:  # URLError included: torch-fidelity's own extractors download their weights
         raise RuntimeError(
             f"cannot load weights of feature extractor {name!r} ({exc}); without internet use "
-            "extractor='inception-tf' (local TorchScript TF-Inception) or 'domain'"
+            "extractor='inception-tf' (local TorchScript TF-Inception), 'domain' or 'selfsup'"
         ) from exc
     extractor.to(resolve_device(cfg.device))
     return FeatureSpace(extractor, fingerprint, layer, isc_layer, {"name": name, "layers": layers, **kwargs}, info)
@@ -251,24 +264,28 @@ def evaluate_sets(
     cfg: EvalConfig,
     cache: Storage | None = None,
     real_hash: str | None = None,
-    labels: torch.Tensor | None = None,
+    train: torch.Tensor | None = None,
+    train_labels: torch.Tensor | None = None,
+    train_hash: str | None = None,
     progress: bool = True,
     client=None,
+    space: FeatureSpace | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each generated set against ``real``: ``{set: {fid, kid_mean, ..., coverage}}``.
 
     ``real`` and the sets are float images in [0, 1] (N, C, H, W) or, with the
     domain extractor only, vectors (N, D); at most ``cfg.n_samples`` of each
-    (the first ones) are used. ``real_hash`` must be a content hash of
-    ``real`` (and ``labels``), e.g. ``Dataset.content_hash()``; it is computed
-    when omitted. With ``cfg.extractor == "domain"`` a classifier is trained on
-    ``(real, labels)`` (or loaded from ``cache``); it adds an Inception-Score-style
-    ``is_mean``/``is_std`` from its logits.
+    (the first ones) are used. ``real_hash`` must be a content hash of ``real``
+    (computed when omitted). The trained extractors learn from ``train`` /
+    ``train_labels`` (see :func:`feature_space`), which must not contain the
+    reference images; pass a ready ``space`` to reuse one (and read its ``info``).
+    The domain classifier adds an Inception-Score-style ``is_mean``/``is_std``.
     """
     if not sets:
         raise ValueError("evaluate_sets needs at least one generated set")
-    real_hash = real_hash or tensor_hash(real, labels)
-    space = feature_space(cfg, real, labels, real_hash, cache)
+    real_hash = real_hash or tensor_hash(real)
+    if space is None:
+        space = feature_space(cfg, train, train_labels, train_hash, cache)
     log.info("evaluating with %s", space.info)
     ref_x = real[: cfg.n_samples]
     ref, cached = reference_features(

@@ -170,6 +170,17 @@ def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator | None):
+    """WGAN-GP's penalty ``E[(||grad critic(x_hat)|| - 1)^2]`` at ``x_hat = eps real + (1 - eps) fake``,
+    one uniform ``eps`` per example drawn from ``gen`` (Gulrajani et al. 2017). Used by the
+    WGAN-GP model and by AE-OT-GAN's ``wgan-gp`` loss."""
+    eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+    eps = torch.rand(eps_shape, generator=gen, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
 def latent_discriminator_step(
     disc: nn.Module, opt: torch.optim.Optimizer, z_prior: torch.Tensor, z_codes: torch.Tensor
 ) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from vegan.config import AEConfig
-from vegan.models.base import GenerativeModel
+from vegan.models.base import GenerativeModel, gradient_penalty
 from vegan.nets import Discriminator
 
 
@@ -52,20 +52,13 @@ class WGANGP(GenerativeModel):
             "critic": self.adam(self.critic.parameters(), cfg, beta2=0.9),
         }
 
-    def gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        eps_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-        eps = torch.rand(eps_shape, generator=gen, device=real.device, dtype=real.dtype)
-        x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.critic(x_hat).sum(), x_hat, create_graph=True)
-        return (grad.flatten(1).norm(dim=1) - 1).square().mean()
-
     def train_step(self, x, optimizers, gen) -> dict[str, torch.Tensor]:
         opt_c = optimizers["critic"]
         for real in x.chunk(self.n_critic):
             with torch.no_grad():
                 fake = self.decoder(self.noise((real.shape[0], self.latent_dim), gen))
             w_dist = self.critic(real).mean() - self.critic(fake).mean()
-            gp = self.gradient_penalty(real, fake, gen)
+            gp = gradient_penalty(self.critic, real, fake, gen)
             critic_loss = -w_dist + self.reg_weight * gp
             opt_c.zero_grad(set_to_none=True)
             critic_loss.backward()

@@ -1,7 +1,10 @@
 """The ``vegan`` command: run the pipeline, show a run's status, serve deployments.
 
-``vegan run`` goes through the Prefect flow (states, caching, logs) unless
+``vegan run`` checks its inputs (:func:`vegan.pipeline.preflight`) before anything
+starts, then goes through the Prefect flow (states, logs, the UI) unless
 ``--no-prefect`` is given, in which case the same stage functions run directly.
+SIGTERM stops a run at once: the running stage checkpoints (trainers) or stops
+(its outputs are atomic), is marked interrupted, and the same command resumes it.
 This module imports Prefect lazily so ``vegan status`` stays fast.
 """
 
@@ -10,11 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from vegan.config import STAGES, PipelineConfig, load_config
+from vegan.config import PipelineConfig, load_config
 from vegan.presets import PRESETS
+from vegan.stages.registry import STAGE_NAMES
+
+EXIT_SIGTERM = 128 + signal.SIGTERM
+EXIT_SIGINT = 128 + signal.SIGINT
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a ``BaseException``, like KeyboardInterrupt: a shutdown, not an error)."""
+
+
+def _on_sigterm(signum, frame) -> NoReturn:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the shutdown finish
+    raise Terminated()
 
 
 def _prefect_env() -> None:
@@ -28,9 +45,9 @@ def _print_status(status: dict[str, dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(status, indent=2))
         return
-    width = max(len(s) for s in STAGES)
+    width = max(len(s) for s in STAGE_NAMES)
     for stage, entry in status.items():
-        print(f"{stage:<{width}}  {entry['status']:<8} {entry['key']:<22} {entry['output']}")
+        print(f"{stage:<{width}}  {entry['status']:<11} {entry['key']:<22} {entry['output']}")
         if entry.get("error"):
             print(f"{'':<{width}}  error: {entry['error']}")
 
@@ -39,19 +56,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     preset = args.preset or (None if args.config else "demo")
     cfg = load_config(preset=preset, path=args.config, overrides=args.set)
     storage = args.storage or os.path.join("runs", preset or cfg.name)
-    if args.no_prefect:
-        from vegan.pipeline import run_pipeline
-
-        results = run_pipeline(cfg, storage, until=args.until, progress=not args.quiet)
-    else:
-        _prefect_env()
-        from flows.pipeline import aeot_pipeline
-
-        results = aeot_pipeline(config=cfg, storage=storage, until=args.until, progress=not args.quiet)
-    from vegan.manifest import Manifest
+    from vegan.pipeline import preflight, run_pipeline
     from vegan.storage import Storage
 
+    # Both paths check the input first (one line on bad input, before any stage starts); the
+    # flow checks again, as it must when triggered from the UI, but here before the server starts.
+    if args.no_prefect:
+        results = run_pipeline(cfg, storage, until=args.until, progress=not args.quiet)
+    else:
+        storage = preflight(cfg, storage, args.until).url
+        _prefect_env()
+        from cli.server import prefect_api
+        from flows.pipeline import aeot_pipeline
+
+        with prefect_api():
+            results = aeot_pipeline(config=cfg, storage=storage, until=args.until, progress=not args.quiet)
+    from vegan.manifest import Manifest
+
     store = Storage(storage)
+
     print(f"\nrun folder: {store.url}")
     _print_status(Manifest(store, cfg).status(), as_json=False)
     if "eval" in results:
@@ -63,8 +86,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     if not metrics:
         return
-    preferred = ("fid", "kid_mean", "precision", "recall", "density", "coverage",
-                 "modes_covered", "high_quality", "reverse_kl")
+    preferred = (
+        "fid",
+        "kid_mean",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "modes_covered",
+        "high_quality",
+        "reverse_kl",
+    )
     cols = [c for c in preferred if any(c in m for m in metrics.values())]
     print(f"\n{'set':<18}" + "".join(f"{c:>14}" for c in cols))
     for name, m in metrics.items():
@@ -82,15 +114,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         store = Storage(storage)
         store.check_writable()
-        result = compare_models(cfg.data, models, cfg.ae, store,
-                                make_evaluate_fn(cfg.data, cfg.eval, cache=store.sub("cache")),
-                                n_samples=args.n_samples, progress=True)
+        result = compare_models(
+            cfg.data,
+            models,
+            cfg.ae,
+            store,
+            make_evaluate_fn(cfg.data, cfg.eval, cache=store.sub("cache")),
+            n_samples=args.n_samples,
+            progress=True,
+        )
     else:
         _prefect_env()
+        from cli.server import prefect_api
         from flows.compare import compare_models_flow
 
-        result = compare_models_flow(models=models, data=cfg.data, budget=cfg.ae, eval=cfg.eval, storage=storage,
-                                     n_samples=args.n_samples)
+        with prefect_api():
+            result = compare_models_flow(
+                models=models, data=cfg.data, budget=cfg.ae, eval=cfg.eval, storage=storage, n_samples=args.n_samples
+            )
     print()
     _print_metrics(result["metrics"])
     for name, uri in result["files"].items():
@@ -115,27 +156,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows import deploy
 
-    common = dict(preset=args.preset, config_path=args.config, overrides=args.set, storage=args.storage,
-                  cron=args.cron, api_url=args.api)
+    common = dict(
+        preset=args.preset,
+        config_path=args.config,
+        overrides=args.set,
+        storage=args.storage,
+        cron=args.cron,
+        api_url=args.api,
+    )
     if args.deploy:
         ids = deploy.deploy_all(work_pool=args.work_pool, gpu_work_pool=args.gpu_work_pool, **common)
-        print(f"registered {len(ids)} deployments on work pool {args.work_pool!r}"
-              + (f" (GPU stages on {args.gpu_work_pool!r})" if args.gpu_work_pool else ""))
+        print(
+            f"registered {len(ids)} deployments on work pool {args.work_pool!r}"
+            + (f" (GPU stages on {args.gpu_work_pool!r})" if args.gpu_work_pool else "")
+        )
         return 0
     deploy.serve_deployments(**common)
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vegan", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="vegan", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run (or resume) the AE-OT pipeline")
     r.add_argument("--preset", choices=sorted(PRESETS), help="starting config (default: demo unless --config)")
     r.add_argument("--config", help="YAML file with config values (applied over the preset)")
     r.add_argument("--storage", help="run folder: any fsspec URL (default ./runs/<preset>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ot.lr=0.01")
-    r.add_argument("--until", choices=STAGES, default="eval", help="stop after this stage")
+    r.add_argument(
+        "--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1], help="run this stage and the stages upstream of it"
+    )
     r.add_argument("--no-prefect", action="store_true", help="run the stages directly, without Prefect")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -169,21 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
+        return f"invalid config: {errors}"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    resumable = args.func in (cmd_run, cmd_compare)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if resumable else None
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+    except SystemExit:
+        raise
+    except BaseException as exc:
         if os.environ.get("VEGAN_DEBUG"):
             raise
-        from pydantic import ValidationError
+        from vegan.pipeline import is_interruption
 
-        msg = str(exc) if not isinstance(exc, ValidationError) else f"invalid config:\n{exc}"
-        print(f"vegan: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        if is_interruption(exc):
+            by_sigint = isinstance(exc, KeyboardInterrupt)
+            how = "Ctrl-C" if by_sigint else "SIGTERM"
+            print(
+                f"vegan: interrupted ({how})" + (": rerun the same command to resume" if resumable else ""),
+                file=sys.stderr,
+            )
+            return EXIT_SIGINT if by_sigint else EXIT_SIGTERM
+        print(f"vegan: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""``Run``: one run folder plus its config, the context every stage function gets.
+
+It implements :class:`vegan.stages.base.StageContext`: output locations by stage
+key, and the outputs of finished stages (dataset, model, codes, ...) loaded once
+and cached. A notebook can open a finished run with ``Run(cfg, url)`` to load them.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from vegan.config import PipelineConfig
+from vegan.data import Dataset, load_dataset
+from vegan.latents import LatentError, load_codes
+from vegan.manifest import Manifest
+from vegan.stages.base import StageError
+from vegan.storage import Storage
+
+
+class Run:
+    """One run folder plus its config."""
+
+    def __init__(self, cfg: PipelineConfig, storage: Storage | str, progress: bool = True):
+        self.cfg = cfg
+        self.storage = storage if isinstance(storage, Storage) else Storage(storage)
+        self.manifest = Manifest(self.storage, cfg)
+        self.keys = self.manifest.keys
+        self.progress = progress
+
+    def dir(self, stage: str) -> Storage:
+        return self.storage.sub(self.manifest.output(stage))
+
+    def zarr_store(self, stage: str, read_only: bool = False):
+        return self.storage.zarr_store(self.manifest.output(stage), read_only=read_only)
+
+    def require(self, stage: str) -> None:
+        if not self.manifest.is_done(stage):
+            raise StageError(
+                f"stage {stage!r} ({self.keys[stage]}) has not finished in {self.storage.url}: run it first"
+            )
+
+    def has_encoder(self) -> bool:
+        return self.cfg.ae.model != "wgan-gp"
+
+    # ---------------------------------------------------------- shared inputs
+    @cached_property
+    def dataset(self) -> Dataset:
+        return load_dataset(self.cfg.data)
+
+    @cached_property
+    def model(self):
+        """The trained autoencoder (or cookbook model), on CPU, in eval mode."""
+        from vegan.models import build_model
+
+        self.require("ae")
+        saved = self.dir("ae").load_torch("model.pt")
+        model = build_model(self.cfg.ae, tuple(saved["shape"]))
+        model.load_state_dict(saved["state_dict"])
+        return model.eval()
+
+    @cached_property
+    def codes(self) -> np.ndarray:
+        self.require("latents")
+        return load_codes(self.zarr_store("latents", read_only=True), expected_dim=self.cfg.ae.latent_dim)
+
+    @cached_property
+    def generated_codes(self) -> np.ndarray:
+        import zarr
+
+        self.require("generate")
+        codes = np.asarray(zarr.open_group(self.zarr_store("generate", read_only=True), mode="r")["codes"][:])
+        if codes.shape[1] != self.cfg.ae.latent_dim:
+            raise LatentError(
+                f"generated codes have dimension {codes.shape[1]}, the decoder expects {self.cfg.ae.latent_dim}"
+            )
+        return codes
+
+    @cached_property
+    def generator(self) -> torch.nn.Module:
+        """The AE-OT-GAN generator when fine-tuning ran, else the plain decoder."""
+        decoder = copy.deepcopy(self.model.decoder)
+        if self.cfg.gan.enabled and self.cfg.gan.steps > 0:
+            self.require("gan")
+            decoder.load_state_dict(self.dir("gan").load_torch("generator.pt")["state_dict"])
+        return decoder.eval()

@@ -1,0 +1,23 @@
+"""Stage ``eval``: score every sample set against held-out data and write the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vegan.stages.base import Stage, StageContext
+
+
+def evaluate(run: StageContext) -> dict[str, Any]:
+    from vegan.evaluation import evaluate_run
+
+    return evaluate_run(run)
+
+
+# ``ot`` is listed although ``generate`` already needs it: the report reads the OT history and done info.
+STAGE = Stage(
+    name="eval",
+    run=evaluate,
+    output="eval/{key}",
+    title="evaluate",
+    upstream=("ae", "latents", "ot", "generate", "gan"),
+)
