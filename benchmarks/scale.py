@@ -187,8 +187,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", "--n", str(int(n)), "--chunk-rows", str(args.chunk_rows),
                "--memory-limit", args.memory_limit, "--stream-steps", str(args.stream_steps),
                "--ae-steps", str(args.ae_steps), "--width", str(args.width), "--latent-dim", str(args.latent_dim),
-               "--png", str(args.png), "--work", args.work, "--one-worker-max", str(args.one_worker_max)] + (["--keep"] if args.keep else []) + (
-               ["--skip-png"] if i > 0 else [])
+               "--png", str(args.png), "--work", args.work, "--one-worker-max", str(args.one_worker_max)]
+        cmd += (["--keep"] if args.keep else []) + (["--skip-png"] if i > 0 else [])
         res = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         results.append(json.loads(res.stdout.strip().splitlines()[-1]))

@@ -52,9 +52,9 @@ def test_npz_and_bad_inputs(tmp_path):
 
 
 def test_missing_mnist_lists_every_place_tried(tmp_path, monkeypatch):
-    import vegan.data as data
+    import vegan.data.sources as sources
 
-    monkeypatch.setattr(data, "_package_dir", lambda name: None)
+    monkeypatch.setattr(sources, "_package_dir", lambda name: None)
     monkeypatch.setenv("VEGAN_DATA", str(tmp_path))
     with pytest.raises(DatasetError) as err:
         load_dataset(DataConfig(name="mnist"))

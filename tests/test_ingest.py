@@ -124,7 +124,8 @@ def test_npz_and_named_datasets_keep_their_values(tmp_path):
     dig = open_dataset(DataConfig(name="digits", limit=50), cache=str(tmp_path / "cache"))
     assert dig.dtype == np.float32 and torch.equal(dig.data, load_dataset(DataConfig(name="digits", limit=50)).data)
     grid = open_dataset(DataConfig(name="grid2d", limit=200, seed=3), cache=str(tmp_path / "cache"))
-    assert grid.shape == (2,) and torch.equal(grid.data, load_dataset(DataConfig(name="grid2d", limit=200, seed=3)).data)
+    want = load_dataset(DataConfig(name="grid2d", limit=200, seed=3)).data
+    assert grid.shape == (2,) and torch.equal(grid.data, want)
     # load_dataset opens a .zarr URL lazily.
     lazy = load_dataset(DataConfig(name=str(tmp_path / "mnist.zarr"), limit=100))
     assert isinstance(lazy, ZarrDataset) and len(lazy) == 100 and lazy.reads == 0
@@ -164,5 +165,5 @@ def test_materialising_a_large_zarr_dataset_is_refused(tmp_path, monkeypatch):
     assert ds.data.shape == (50, 1, 4, 4)
     monkeypatch.setattr(zs, "MAX_IN_MEMORY_BYTES", 1000)
     with pytest.raises(DatasetError, match="over the in-memory limit.*StreamBatches"):
-        ds.data
+        _ = ds.data
     assert ds.read_chunk(3).shape == (2, 1, 4, 4) and ds.read_chunk(3).dtype == np.uint8

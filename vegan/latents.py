@@ -103,7 +103,7 @@ def _open_or_create(store, n: int, d: int, chunk_rows: int, with_labels: bool) -
     n_chunks = math.ceil(n / chunk_rows)
     try:
         group = zarr.open_group(store=store, mode="a")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LatentError(f"cannot open latent store {store}: {exc}") from exc
     if "codes" in group:
         codes = group["codes"]
@@ -218,7 +218,7 @@ def extract_latents(
 def open_latents(store) -> zarr.Group:
     try:
         return zarr.open_group(store=zarr_store(store, read_only=True), mode="r")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LatentError(f"cannot open latent store {store}: {exc}") from exc
 
 

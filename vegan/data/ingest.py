@@ -109,7 +109,7 @@ def _array_plan(name: str, x: np.ndarray, y: np.ndarray | None, dtype: str, attr
 
 def _named_plan(src: str, split: str, root: str | None, limit: int | None, dtype: str, seed: int) -> IngestPlan:
     from vegan.config import DataConfig
-    from vegan.data import _NAMED
+    from vegan.data.sources import _NAMED
 
     x, y = _NAMED[src](DataConfig(name=src, split=split, root=root, limit=limit, seed=seed))
     if limit is not None:
@@ -127,7 +127,7 @@ def _npz_plan(src: str, storage_options: dict | None, limit: int | None, dtype: 
             arrays = np.load(io.BytesIO(f.read()))
             x = arrays["x"]
             y = arrays["y"] if "y" in arrays else None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatasetError(f"cannot read {src} as .npz with an array 'x': {exc}") from exc
     if limit is not None:
         x, y = x[:limit], (None if y is None else y[:limit])
@@ -146,7 +146,7 @@ def _decode(fs, path: str, mode: str, resize: tuple[int, int] | None) -> np.ndar
         with fs.open(path, "rb") as f:
             img = Image.open(io.BytesIO(f.read()))
             img = img.convert(mode)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
+    except Exception as exc:
         raise DatasetError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     if resize is not None:
         h, w = resize
@@ -160,7 +160,7 @@ def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | No
     fs, root, opts = _source_fs(src, storage_options)
     try:
         exists = fs.exists(root)
-    except Exception as exc:  # noqa: BLE001 - e.g. a missing bucket or no credentials
+    except Exception as exc:
         raise DatasetError(f"cannot reach source {src}: {type(exc).__name__}: {exc}") from exc
     if not exists:
         raise DatasetError(f"source not found: {src}")
@@ -184,7 +184,7 @@ def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | No
         with fs.open(files[0], "rb") as f:
             first = Image.open(io.BytesIO(f.read()))
             first.load()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatasetError(f"cannot read image {files[0]}: {type(exc).__name__}: {exc}") from exc
     mode = _image_mode(first)
     h, w = (first.size[1], first.size[0]) if resize is None else resize
@@ -202,7 +202,7 @@ def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | No
 
 
 def _plan(src: str, *, storage_options, resize, split, root, limit, dtype, seed) -> IngestPlan:
-    from vegan.data import _NAMED
+    from vegan.data.sources import _NAMED
 
     if not isinstance(src, str) or not src:
         raise DatasetError(f"source must be a non-empty string (folder, .npz URL or dataset name), got {src!r}")
@@ -271,7 +271,7 @@ def _create_or_check(dest, storage_options, plan: IngestPlan, chunk_rows: int, n
         group = zarr.open_group(zarr_store(dest, storage_options), mode="a")
     except DatasetError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatasetError(f"cannot open destination {dest}: {type(exc).__name__}: {exc}") from exc
     attrs = {
         "vegan_dataset": FORMAT_VERSION, "shape": [plan.n, *plan.item_shape], "dtype": plan.dtype,

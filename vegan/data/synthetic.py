@@ -21,7 +21,7 @@ from vegan.data.ingest import IngestPlan, open_rw, write_chunk, write_plan
 def _mnist_uint8(root: str | None) -> tuple[np.ndarray, np.ndarray]:
     """MNIST train digits as uint8 (N, 28, 28) and labels, loaded once per process (47 MB)."""
     from vegan.config import DataConfig
-    from vegan.data import _find_idx, _idx_candidates, _idx_dataset, _read_idx
+    from vegan.data.sources import _find_idx, _idx_candidates, _idx_dataset, _read_idx
 
     for folder in _idx_candidates("mnist", DataConfig(name="mnist", root=root)):
         img, lab = _find_idx(folder, "train-images-idx3-ubyte"), _find_idx(folder, "train-labels-idx1-ubyte")

@@ -100,7 +100,7 @@ class ZarrDataset(ChunkedRows):
                 self._group = zarr.open_group(zarr_store(self.url, self.storage_options, read_only=True), mode="r")
             except DatasetError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one clear error for a missing/unreadable store
+            except Exception as exc:
                 raise DatasetError(f"cannot open dataset {self.name}: {type(exc).__name__}: {exc}") from exc
         return self._group
 
@@ -149,7 +149,8 @@ class ZarrDataset(ChunkedRows):
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return f"ZarrDataset({self.name!r}, n={self.n}, shape={self.shape}, dtype={self.dtype}, chunk_rows={self.chunk_rows})"
+        return (f"ZarrDataset({self.name!r}, n={self.n}, shape={self.shape}, dtype={self.dtype}, "
+                f"chunk_rows={self.chunk_rows})")
 
 
 def open_zarr_dataset(url: Any, storage_options: dict | None = None, limit: int | None = None) -> ZarrDataset:
