@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages for the optional parts of the suite (Fashion-MNIST, headless Chromium).
+# System packages the suite needs (Fashion-MNIST, headless Chromium); fails when it cannot install them.
 system:
 	bash scripts/setup_system.sh
 
@@ -32,8 +32,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# VEGAN_STRICT_SKIPS=1: a test that cannot run is a failure with its reason, never a silent skip.
 test: install system lint
-	$(BIN)/pytest -q -rs
+	VEGAN_STRICT_SKIPS=1 $(BIN)/pytest -q -rs
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"

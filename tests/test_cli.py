@@ -86,7 +86,7 @@ BAD_INPUTS = {
     "missing dataset": (["--preset", "tiny", "--set", "data.name={tmp}/none.npz"], "dataset not found: {tmp}/none.npz"),
     "labels needed": (
         ["--preset", "tiny", "--set", "data.name={tmp}/pngs", "--set", "eval.extractor=domain"],
-        "eval.extractor='domain' trains a classifier on the dataset's class labels",
+        "eval.extractor 'domain' trains a classifier on the dataset's labels, but this dataset has none",
     ),
     "unreachable s3": (
         ["--preset", "tiny", "--storage", "s3://no-such-bucket/run"],

@@ -18,7 +18,10 @@ def test_unknown_name_is_a_clear_error():
         resolve_device("gpu")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
-def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(ValueError, match="no CUDA device"):
-        resolve_device("cuda:0")
+def test_unusable_cuda_device_is_a_clear_error():
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda:0")

@@ -116,7 +116,8 @@ def test_protocol_states_roles_extractor_and_caveats():
     text = report.protocol_markdown(128, 360, 512, info)
     assert "examples 0 to 127" in text and "examples 128 to 255" in text
     assert "`vegan-selfsup` (auto: the training data has no labels)" in text
-    assert "500 examples of the training split (of 512; rotation prediction, no labels)" in text
+    assert "learned from 500 examples of the training split (of 512; rotation prediction, no labels)" in text
+    assert "measure its accuracy: 0.910" in text
     assert "none of them held-out examples" in text and "Caution" not in text
     worst = report.protocol_markdown(10, 20, 20, {**info, "classifier_saw_held_out": True}, overlap=20)
     assert "**Caution:** 20 of the 20 held-out examples are also training examples" in worst

@@ -288,9 +288,9 @@ def protocol_markdown(
                 if extractor.get("classifier_saw_held_out") else "none of them held-out examples"
             )  # fmt: skip
             lines.append(
-                f"- It was trained on {extractor['classifier_train_examples']} examples of the training split "
-                f"(of {n_train}; {task}), {seen}; accuracy on a held-out tenth of its training data: "
-                f"{extractor['classifier_accuracy']:.3f}."
+                f"- It learned from {extractor['classifier_train_examples']} examples of the training split "
+                f"(of {n_train}; {task}), {seen}; a tenth of them, held back from its training, "
+                f"measure its accuracy: {extractor['classifier_accuracy']:.3f}."
             )
     return "\n".join(lines)
 
