@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from tasks.stages import STAGE_TASKS
+from vegan.cluster import connect
 from vegan.config import PipelineConfig
 from vegan.manifest import RunLock
 from vegan.pipeline import preflight
@@ -27,11 +28,12 @@ def run_until(config: PipelineConfig, storage: str, until: str = "eval", progres
     """Check the inputs, then run ``until`` and its upstream stages under the run lock.
 
     A stage whose done marker exists ends as state Reused; one without runs, resuming
-    from its own checkpoints in storage. The first failed stage fails the flow.
+    from its own checkpoints in storage. The first failed stage fails the flow. The run's Dask
+    cluster (``config.cluster``) is opened once here; each task finds it as the active client.
     """
     store = preflight(config, storage, until)
     states: dict[str, State] = {}
-    with RunLock(store):
+    with RunLock(store), connect(config.cluster):
         for name in plan(until):
             upstream = [states[up] for up in STAGES[name].upstream]
             states[name] = STAGE_TASKS[name](name, config, store.url, progress, wait_for=upstream, return_state=True)

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, State
 
+from vegan.cluster import active_client
 from vegan.config import PipelineConfig
 from vegan.pipeline import is_interruption, run_stage
 from vegan.stages.context import Run
@@ -33,7 +34,7 @@ def retry_on_failure_only(task: Task, task_run: TaskRun, state: State) -> bool:
 def stage_task(stage: str, config: PipelineConfig, storage: str, progress: bool = True) -> Any:
     """Run ``stage`` (resuming from its checkpoints), or return its recorded info as state Reused."""
     logger = get_run_logger()
-    run = Run(config, storage, progress=progress)
+    run = Run(config, storage, progress=progress, client=active_client())  # the flow's one client, if any
     if run.manifest.is_done(stage):
         marker = run.storage.uri(run.manifest.done_marker(stage))
         logger.info("%s is done (%s): reused", stage, marker)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Config(BaseModel):
@@ -186,11 +187,41 @@ class EvalConfig(_Config):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (feature extraction).")
 
 
+class ClusterConfig(_Config):
+    """Where the heavy stages run: one Dask cluster for the whole run (an execution setting: no stage key
+    depends on it, so moving a run onto a cluster reuses everything already computed)."""
+
+    address: str = Field(
+        "none",
+        description="none (everything in this process), local (a LocalCluster of worker processes started "
+        "for the run), or a scheduler address tcp://host:port (tls://, ucx:// too).",
+    )
+    n_workers: int = Field(2, ge=1, description="Worker processes of a local cluster.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads per local worker (torch gets as many).")
+    memory_limit: str | None = Field(
+        None, description="Memory limit per local worker, e.g. 4GiB; None = Dask's default (a share of RAM)."
+    )
+    gpu_stages: list[str] = Field(
+        default_factory=list,
+        description="Stages whose Dask tasks request the resource GPU=1 (workers started with --resources GPU=1), "
+        "e.g. [latents]. Empty: tasks run on any worker.",
+    )
+    connect_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the scheduler at `address`.")
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("none", "local") or re.match(r"^(tcp|tls|ucx|inproc)://\S+$", value):
+            return value
+        raise ValueError(f"cluster.address must be none, local or a scheduler URL like tcp://host:8786, got {value!r}")
+
+
 class PipelineConfig(_Config):
     """The whole AE-OT(-GAN) run: one form in the Prefect UI.
 
     One section per stage, named after it (``vegan.stages.registry`` refuses a stage without
-    its section), plus ``data``, which the first stage reads.
+    its section), plus ``data``, which the first stage reads, and ``cluster``, where the heavy stages run.
     """
 
     name: str = "run"
@@ -201,6 +232,7 @@ class PipelineConfig(_Config):
     generate: GenerateConfig = GenerateConfig()
     gan: GANConfig = GANConfig()
     eval: EvalConfig = EvalConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def config_hash(obj: Any, length: int = 12) -> str:
@@ -214,6 +246,10 @@ def config_hash(obj: Any, length: int = 12) -> str:
 EXECUTION_FIELDS = frozenset({"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every", "precision"})
 """Fields that change where or how fast a stage runs, never what it computes (both kernel
 precisions return the argmax of the float64 scores): left out of stage keys."""
+
+EXECUTION_SECTIONS = frozenset({"cluster"})
+"""Sections of :class:`PipelineConfig` that belong to no stage and only say where stages run: no stage reads
+them into its key."""
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

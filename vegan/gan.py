@@ -19,7 +19,9 @@ Fine-tuning is one :class:`~vegan.training.TrainJob` run by the shared loop
 :func:`vegan.training.run_loop` (resume, SIGTERM, finite-loss check, history,
 checkpoint cadence live there): this module only says what one step does and
 what a checkpoint holds (the generator, its EMA, the discriminator and both
-optimizers). Every batch is a pure function of ``(seed, step)`` and the
+optimizers). Real images stream from the dataset's chunks
+(:func:`vegan.data.stream.batch_source`), so a lazy Zarr dataset larger than
+memory works. Every batch is a pure function of ``(seed, step)`` and the
 gradient penalty's noise comes from the loop's checkpointed generator, so a
 resumed run is identical to an uninterrupted one (bitwise on CPU).
 """
@@ -37,10 +39,12 @@ from torch import nn
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import GANConfig
+from vegan.data.base import ChunkedRows, Dataset
+from vegan.data.stream import batch_source
 from vegan.device import resolve_device
 from vegan.models.base import gradient_penalty
 from vegan.nets import Discriminator
-from vegan.training import BatchIndices, TrainJob, mix_seeds, run_loop
+from vegan.training import BatchIndices, TrainJob, check_batch, mix_seeds, run_loop
 
 
 @dataclass
@@ -67,8 +71,11 @@ def _as_float_tensor(x: Any, name: str) -> torch.Tensor:
 
 def _check_inputs(
     decoder: nn.Module, images: Any, paired_codes: Any, generated_codes: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    images = _as_float_tensor(images, "images")
+) -> tuple[ChunkedRows, torch.Tensor, torch.Tensor]:
+    """Images as chunked rows (a lazy dataset stays lazy: its shape and length are metadata, its
+    finiteness is checked batch by batch); codes as float tensors."""
+    if not isinstance(images, ChunkedRows):
+        images = Dataset("images", _as_float_tensor(images, "images"), None)
     paired = _as_float_tensor(paired_codes, "paired_codes")
     if paired.ndim != 2 or len(paired) == 0:
         raise ValueError(f"paired_codes must be a non-empty (n, latent_dim) array, got shape {tuple(paired.shape)}")
@@ -91,10 +98,9 @@ def _check_inputs(
             out = probe(paired[:2])
     except RuntimeError as exc:
         raise ValueError(f"codes have dimension {d}, which the decoder does not accept: {exc}") from exc
-    if tuple(out.shape[1:]) != tuple(images.shape[1:]):
+    if tuple(out.shape[1:]) != tuple(images.shape):
         raise ValueError(
-            f"the decoder makes examples of shape {tuple(out.shape[1:])} "
-            f"but images have shape {tuple(images.shape[1:])}"
+            f"the decoder makes examples of shape {tuple(out.shape[1:])} but images have shape {tuple(images.shape)}"
         )
     return images, paired, generated
 
@@ -134,7 +140,8 @@ def finetune_decoder(
 ) -> GANResult:
     """Fine-tune a copy of ``decoder`` as the AE-OT-GAN generator; ``decoder`` is not modified.
 
-    ``images[i]`` is the example ``paired_codes[i]`` was encoded from;
+    ``images[i]`` is the example ``paired_codes[i]`` was encoded from (a float tensor, or a dataset:
+    an in-memory ``Dataset`` or a lazy ``ZarrDataset``, streamed by chunks);
     ``generated_codes`` (may be ``None``) come from :func:`vegan.ot.generate.generate`.
     The discriminator is ``vegan.nets.Discriminator(shape, arch, width)``.
     Resumes from the newest loadable checkpoint in ``checkpoints``. Returns the
@@ -147,7 +154,7 @@ def finetune_decoder(
         return GANResult(copy.deepcopy(decoder).cpu().eval(), [], 0)
     images, paired, generated = _check_inputs(decoder, images, paired_codes, generated_codes)
     device = resolve_device(cfg.device)
-    shape = tuple(images.shape[1:])
+    shape = tuple(images.shape)
 
     gen_net = copy.deepcopy(decoder).to(device).train()
     ema = copy.deepcopy(gen_net).eval().requires_grad_(False)
@@ -157,15 +164,17 @@ def finetune_decoder(
     opt_g = torch.optim.Adam(gen_net.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
 
-    b = cfg.batch_size
-    pairs = BatchIndices(len(paired), b, cfg.seed)
-    reals = BatchIndices(len(paired), b, mix_seeds(cfg.seed, 2))
+    b, pin = cfg.batch_size, device.type == "cuda"
+    # Images stream from their chunks; the paired codes of a batch are picked by the same row indices.
+    pairs = batch_source(images, b, cfg.seed, pin_memory=pin)
+    reals = batch_source(images, b, mix_seeds(cfg.seed, 2), pin_memory=pin)
     extra = BatchIndices(len(generated), b, mix_seeds(cfg.seed, 3)) if len(generated) else None
 
     def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = pairs(s)
-        x_p, y_p = images[idx].to(device), paired[idx].to(device)
-        real = images[reals(s)].to(device)
+        idx = torch.from_numpy(pairs.indices(s))
+        x_p = check_batch(pairs.batch(s), s, "images").to(device)
+        y_p = paired[idx].to(device)
+        real = check_batch(reals.batch(s), s, "images").to(device)
         codes = y_p if extra is None else torch.cat([y_p, generated[extra(s)].to(device)])
         fake = gen_net(codes)
 
@@ -197,5 +206,6 @@ def finetune_decoder(
         steps=cfg.steps, seed=cfg.seed, device=device, checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints, main_loss="content", hint="Lower cfg.lr_g / cfg.lr_d.",
     )  # fmt: skip
-    res = run_loop(job, checkpoints, progress, log_every)
+    with pairs, reals:
+        res = run_loop(job, checkpoints, progress, log_every)
     return GANResult(ema.cpu().eval(), res.history, res.step, res.resumed_from)

@@ -2,7 +2,8 @@
 
 :func:`run_stage` runs one stage unless its done marker exists and records its
 status in the manifest; :func:`run_pipeline` checks the inputs (:func:`preflight`)
-and runs a stage with everything upstream of it, in order, under the run lock.
+and runs a stage with everything upstream of it, in order, under the run lock,
+with the run's one Dask client (:mod:`vegan.cluster`) when ``cluster.address`` names one.
 The Prefect layer (``tasks/``, ``flows/``) wraps exactly these functions; a
 notebook can call :func:`run_pipeline` directly.
 """
@@ -13,11 +14,12 @@ import logging
 import time
 from typing import Any
 
+from vegan.cluster import connect
 from vegan.config import PipelineConfig
 from vegan.manifest import RunLock
 from vegan.stages.base import StageError
 from vegan.stages.context import Run
-from vegan.stages.registry import get, plan
+from vegan.stages.registry import STAGE_NAMES, get, plan
 from vegan.storage import Storage
 from vegan.training import TrainingInterrupted
 
@@ -70,6 +72,9 @@ def preflight(cfg: PipelineConfig, storage: Storage | str, until: str = "eval") 
     from vegan.data import load_dataset
 
     stages = plan(until)
+    unknown = sorted(set(cfg.cluster.gpu_stages) - set(STAGE_NAMES))
+    if unknown:
+        raise StageError(f"cluster.gpu_stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
     store = storage if isinstance(storage, Storage) else Storage(storage)
     store.check_writable()
     dataset = load_dataset(cfg.data)
@@ -84,8 +89,11 @@ def preflight(cfg: PipelineConfig, storage: Storage | str, until: str = "eval") 
 
 
 def run_pipeline(cfg: PipelineConfig, storage: Storage | str, until: str = "eval", progress: bool = True) -> dict:
-    """Run ``until`` and every stage upstream of it, without Prefect (for notebooks and scripts)."""
+    """Run ``until`` and every stage upstream of it, without Prefect (for notebooks and scripts).
+
+    One Dask client (``cfg.cluster``) serves every stage of the run, opened after the lock is taken.
+    """
     store = preflight(cfg, storage, until)
-    run = Run(cfg, store, progress=progress)
-    with RunLock(run.storage):
+    with RunLock(store), connect(cfg.cluster) as client:
+        run = Run(cfg, store, progress=progress, client=client)
         return {stage: run_stage(run, stage) for stage in plan(until)}

@@ -10,8 +10,9 @@ and checkpointing every ``checkpoint_every`` steps, at the end and on SIGTERM
 (a preempted worker loses nothing). A non-finite loss stops training without
 overwriting the last good checkpoint.
 
-Resume is exact because a step depends on nothing but ``step`` (batches are
-drawn by :class:`BatchIndices` from ``(seed, step)``) and the generator ``gen``
+Resume is exact because a step depends on nothing but ``step`` (batches come
+from :func:`vegan.data.stream.batch_source`, or :class:`BatchIndices`, as pure
+functions of ``(seed, step)``) and the generator ``gen``
 the loop passes in and checkpoints: a run resumed from step k is identical to
 an uninterrupted one (bitwise on CPU; on GPU up to cuDNN's nondeterminism).
 
@@ -36,6 +37,8 @@ from tqdm.auto import tqdm
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import AEConfig
+from vegan.data.base import ChunkedRows, Dataset
+from vegan.data.stream import batch_source
 from vegan.device import resolve_device
 from vegan.models.base import GenerativeModel
 
@@ -225,22 +228,58 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def _check_data(model: GenerativeModel, data: torch.Tensor) -> None:
-    if not isinstance(data, torch.Tensor) or not data.is_floating_point():
-        raise TrainingError(f"data must be a float tensor, got {type(data).__name__} {getattr(data, 'dtype', '')}")
-    if tuple(data.shape[1:]) != model.shape:
-        raise TrainingError(
-            f"data examples have shape {tuple(data.shape[1:])} but the model was built for {model.shape}"
-        )
+AFTER_TRAINING_ROWS = 65_536
+"""Most examples ``model.after_training`` sees (the plain AE fits its sampler to their codes): every named
+dataset fits whole; a larger one gives a seeded sample of whole chunks, so memory stays bounded."""
+
+
+def as_rows(data: torch.Tensor | ChunkedRows) -> ChunkedRows:
+    """Training data as chunked rows: a float tensor is wrapped in memory, datasets pass through."""
+    if isinstance(data, torch.Tensor):
+        if not data.is_floating_point():
+            raise TrainingError(f"data must be a float tensor, got {type(data).__name__} {data.dtype}")
+        return Dataset("tensor", data.float(), None)
+    if not isinstance(data, ChunkedRows):
+        raise TrainingError(f"data must be a float tensor or a dataset, got {type(data).__name__}")
+    return data
+
+
+def _check_data(model: GenerativeModel, data: ChunkedRows) -> None:
+    """Shape and size from metadata (a lazy dataset is not read); finiteness of in-memory data up front
+    (lazy data is checked batch by batch, :func:`check_batch`)."""
+    if tuple(data.shape) != model.shape:
+        raise TrainingError(f"data examples have shape {tuple(data.shape)} but the model was built for {model.shape}")
     if len(data) < 2:
         raise TrainingError(f"need at least 2 training examples, got {len(data)}")
-    if not torch.isfinite(data).all():
+    if isinstance(data, Dataset) and not torch.isfinite(data.data).all():
         raise TrainingError("training data contains NaN or infinite values")
+
+
+def check_batch(x: torch.Tensor, step: int, what: str = "training data") -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise TrainingError(f"{what} contains NaN or infinite values (batch of step {step + 1})")
+    return x
+
+
+def fit_sample(data: ChunkedRows, seed: int, max_rows: int = AFTER_TRAINING_ROWS) -> torch.Tensor:
+    """All rows as float32 when there are at most ``max_rows``; else whole chunks in a ``seed``-shuffled
+    order until ``max_rows`` rows (chunk reads, not scattered rows)."""
+    if len(data) <= max_rows:
+        return data.float_rows(0, len(data))
+    order = torch.randperm(data.n_chunks, generator=torch.Generator().manual_seed(mix_seeds(seed, -2)))
+    parts, total = [], 0
+    for c in order.tolist():
+        if total >= max_rows:
+            break
+        lo, hi = data.chunk_bounds(c)
+        parts.append(data.float_rows(lo, min(hi, lo + max_rows - total)))
+        total += len(parts[-1])
+    return torch.cat(parts)
 
 
 def train_model(
     model: GenerativeModel,
-    data: torch.Tensor,
+    data: torch.Tensor | ChunkedRows,
     cfg: AEConfig,
     checkpoints: CheckpointDir | None = None,
     progress: bool = True,
@@ -248,26 +287,30 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` on ``data`` (N examples of ``model.shape``) for ``cfg.steps`` steps.
 
-    The model's ``train_step(x, optimizers, gen)`` is the step; the batch of step
-    ``s`` is ``data[BatchIndices(...)(s)]``. Resumes from the newest valid
-    checkpoint in ``checkpoints``; returns at once when that checkpoint is
-    already at ``cfg.steps``. Returns the model on CPU in eval mode. Raises
+    ``data`` is a float tensor or a dataset (in memory, or a lazy ``ZarrDataset``
+    far larger than memory). The model's ``train_step(x, optimizers, gen)`` is the
+    step; the batch of step ``s`` is ``batch_source(data, B, seed).batch(s)``,
+    streamed a few chunks at a time. Resumes from the newest valid checkpoint
+    in ``checkpoints``; returns at once when that checkpoint is already at
+    ``cfg.steps``. Returns the model on CPU in eval mode. Raises
     :class:`TrainingError` on bad data or a non-finite loss and
     :class:`TrainingInterrupted` after checkpointing on SIGTERM.
     """
+    data = as_rows(data)
     _check_data(model, data)
-    data = data.float()
     device = resolve_device(cfg.device)
     model.to(device).train()
     optimizers = model.make_optimizers(cfg)
-    batches = BatchIndices(len(data), cfg.batch_size * model.batch_multiplier, cfg.seed)
+    batches = batch_source(data, cfg.batch_size * model.batch_multiplier, cfg.seed,
+                           pin_memory=device.type == "cuda")
 
     def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        return model.train_step(data[batches(s)].to(device, non_blocking=True), optimizers, gen)
+        x = check_batch(batches.batch(s), s)
+        return model.train_step(x.to(device, non_blocking=True), optimizers, gen)
 
     def finish() -> None:
         model.eval()
-        model.after_training(data, cfg)
+        model.after_training(fit_sample(data, cfg.seed), cfg)
 
     job = TrainJob(
         name=f"train {model.name}", step=step,
@@ -277,6 +320,7 @@ def train_model(
         keep_checkpoints=cfg.keep_checkpoints, main_loss=model.main_loss, finish=finish,
         hint="Lower cfg.lr or check the data.",
     )  # fmt: skip
-    res = run_loop(job, checkpoints, progress, log_every)
+    with batches:
+        res = run_loop(job, checkpoints, progress, log_every)
     model.cpu().eval()
     return TrainResult(model, res.history, res.step, res.resumed_from)

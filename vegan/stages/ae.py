@@ -16,7 +16,7 @@ def train_ae(run: StageContext) -> dict[str, Any]:
     model = build_model(run.cfg.ae, ds.shape)
     out = run.dir("ae")
     res = train_model(
-        model, ds.data, run.cfg.ae, CheckpointDir(out, run.cfg.ae.keep_checkpoints), progress=run.progress
+        model, ds, run.cfg.ae, CheckpointDir(out, run.cfg.ae.keep_checkpoints), progress=run.progress
     )
     out.save_torch(
         "model.pt", {"state_dict": res.model.state_dict(), "shape": ds.shape, "config": run.cfg.ae.model_dump()}
@@ -26,4 +26,7 @@ def train_ae(run: StageContext) -> dict[str, Any]:
     return {"steps": res.step, "resumed_from": res.resumed_from, "last": last, "n_train": len(ds)}
 
 
-STAGE = Stage(name="ae", run=train_ae, output="ae/{key}", title="train autoencoder", gpu=True, reads=("data",))
+# version 2: batches stream from dataset chunks (vegan.data.stream), a different order than version 1's.
+STAGE = Stage(
+    name="ae", run=train_ae, output="ae/{key}", title="train autoencoder", gpu=True, reads=("data",), version=2
+)

@@ -46,6 +46,8 @@ class StageContext(Protocol):
     keys: dict[str, str]
     manifest: DoneMarkers
     progress: bool
+    client: Any
+    """The run's Dask client (one for every stage, :mod:`vegan.cluster`), or None: run in this process."""
 
     def dir(self, stage: str) -> Storage:
         """The output folder of ``stage`` (for this config's key)."""
@@ -60,6 +62,10 @@ class StageContext(Protocol):
         ...
 
     def has_encoder(self) -> bool: ...
+
+    def resources(self, stage: str) -> dict[str, int] | None:
+        """Dask resources the tasks of ``stage`` request (``cluster.gpu_stages``)."""
+        ...
 
     @property
     def dataset(self) -> Dataset: ...

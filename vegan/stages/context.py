@@ -1,8 +1,9 @@
 """``Run``: one run folder plus its config, the context every stage function gets.
 
 It implements :class:`vegan.stages.base.StageContext`: output locations by stage
-key, and the outputs of finished stages (dataset, model, codes, ...) loaded once
-and cached. A notebook can open a finished run with ``Run(cfg, url)`` to load them.
+key, the run's Dask client (``client``: one for the whole run, see
+:mod:`vegan.cluster`), and the outputs of finished stages (dataset, model,
+codes, ...) loaded once and cached. A notebook can open a finished run with ``Run(cfg, url)`` to load them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from vegan.storage import Storage
 class Run:
     """One run folder plus its config."""
 
-    def __init__(self, cfg: PipelineConfig, storage: Storage | str, progress: bool = True):
+    def __init__(self, cfg: PipelineConfig, storage: Storage | str, progress: bool = True, client=None):
         self.cfg = cfg
+        self.client = client  # the run's Dask client (vegan.cluster.connect), or None: run in this process
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.manifest = Manifest(self.storage, cfg)
         self.keys = self.manifest.keys
@@ -45,6 +47,10 @@ class Run:
 
     def has_encoder(self) -> bool:
         return self.cfg.ae.model != "wgan-gp"
+
+    def resources(self, stage: str) -> dict[str, int] | None:
+        """Dask resources the tasks of ``stage`` request (``{"GPU": 1}`` when ``cluster.gpu_stages`` lists it)."""
+        return {"GPU": 1} if stage in self.cfg.cluster.gpu_stages else None
 
     # ---------------------------------------------------------- shared inputs
     @cached_property

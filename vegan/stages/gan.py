@@ -19,7 +19,7 @@ def finetune_gan(run: StageContext) -> dict[str, Any]:
     out = run.dir("gan")
     res = finetune_decoder(
         run.model.decoder,
-        run.dataset.data,
+        run.dataset,
         torch.from_numpy(run.codes),
         torch.from_numpy(run.generated_codes),
         g,
@@ -40,4 +40,5 @@ STAGE = Stage(
     title="fine-tune decoder (AE-OT-GAN)",
     upstream=("ae", "latents", "generate"),
     gpu=True,
+    version=2,  # version 2: real images stream from dataset chunks, a different batch order than version 1's
 )

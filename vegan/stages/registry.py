@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 import vegan
-from vegan.config import EXECUTION_FIELDS, PipelineConfig, config_hash
+from vegan.config import EXECUTION_FIELDS, EXECUTION_SECTIONS, PipelineConfig, config_hash
 from vegan.stages import ae, evaluate, gan, generate, latents, ot
 from vegan.stages.base import Stage
 
@@ -39,6 +39,7 @@ def _topological(declared: tuple[Stage, ...]) -> dict[str, Stage]:
         name
         for name, field in PipelineConfig.model_fields.items()
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        and name not in EXECUTION_SECTIONS
     }
     for stage in declared:
         unknown = [u for u in stage.upstream if u not in by_name]
