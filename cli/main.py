@@ -1,4 +1,4 @@
-"""The ``vegan`` command: run the pipeline, show a run's status, serve deployments.
+"""The ``vegan`` command: run the pipeline, ingest a dataset, show a run's status, serve deployments.
 
 ``vegan run`` checks its inputs (:func:`vegan.pipeline.preflight`) before anything
 starts, then goes through the Prefect flow (states, logs, the UI) unless
@@ -152,6 +152,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from vegan.cluster import connect
+    from vegan.config import ClusterConfig
+    from vegan.data.ingest import ingest, parse_resize
+
+    cluster = ClusterConfig(address=args.cluster, n_workers=args.n_workers)
+    resize = parse_resize(args.resize)  # a bad --resize fails before any cluster starts
+    with connect(cluster) as client:
+        info = ingest(args.src, args.dest, chunk_rows=args.chunk_rows, resize=resize, client=client,
+                      progress=not args.quiet, split=args.split, limit=args.limit)
+    print(f"{args.dest}: {info['n']} rows of shape {tuple(info['shape'][1:])} {info['dtype']}, "
+          f"{info['chunks_written']} chunks written, {info['chunks_skipped']} already done "
+          f"({info['seconds']:.1f} s)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows import deploy
@@ -212,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", required=True, help="run folder URL")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    i = sub.add_parser("ingest", help="convert an image folder, .npz or named dataset into a chunked Zarr dataset")
+    i.add_argument("src", help="image folder URL (recursive, PNG/JPEG), .npz URL, or a dataset name (digits, mnist...)")
+    i.add_argument("dest", help="Zarr URL to write (any fsspec URL), e.g. s3://bucket/data/mnist.zarr")
+    i.add_argument("--chunk-rows", type=int, default=4096, help="rows per chunk (unit of parallelism and resume)")
+    i.add_argument("--resize", help="HxW, e.g. 64x64 (needed when image sizes differ)")
+    i.add_argument("--split", choices=["train", "test"], default="train", help="split of a named dataset")
+    i.add_argument("--limit", type=int, help="ingest at most this many examples (first N)")
+    i.add_argument("--cluster", default="none", help="none, local (a LocalCluster) or a scheduler tcp://host:port")
+    i.add_argument("--n-workers", type=int, default=2, help="workers of --cluster local")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=cmd_ingest)
 
     v = sub.add_parser("serve", help="serve (or register) the Prefect deployments")
     v.add_argument("--api", help="Prefect API URL (default: PREFECT_API_URL)")
