@@ -217,6 +217,7 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
         finished = {p: p.stat().st_mtime_ns for c in done_before for p in (latents / "codes" / "c" / str(c)).rglob("*")
                     if p.is_file()}
         os.kill(victim_pid, signal.SIGKILL)
+        print(f"killed worker w0 (pid {victim_pid}) after {len(done_before)} of 60 chunks")
         stage.join(timeout=300)
         assert not stage.is_alive() and "error" not in result, result.get("error")
         n_chunks = 60
@@ -231,7 +232,7 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
             assert p.stat().st_mtime_ns == mtime, f"finished chunk file {p} was rewritten"
         run = Run(cfg, str(run_dir), progress=False)
         np.testing.assert_allclose(run.codes, _local_codes(run), rtol=1e-4, atol=1e-5)
-        assert (np.asarray(zarr.open_group(run.zarr_store("latents", read_only=True))["labels"][:])
+        assert (np.asarray(zarr.open_group(run.zarr_store("latents", read_only=True), mode="r")["labels"][:])
                 == run.dataset.labels.numpy()).all()
     finally:
         for proc in reversed(procs):
