@@ -124,6 +124,15 @@ def test_failed_ot_then_resume_reuses_finished_stages(tiny_run, monkeypatch):
     assert all(e["status"] == "done" for e in Manifest(st, cfg2).status().values())
 
 
+def test_the_flow_opens_one_cluster_that_every_task_uses(harness, tmp_path):
+    cfg = load_config("tiny", overrides=["cluster.address=local", "cluster.n_workers=1", "ae.steps=20"])
+    state = aeot_pipeline(config=cfg, storage=str(tmp_path), until="latents", progress=False, return_state=True)
+    assert state.is_completed(), state.message
+    m = Manifest(Storage(str(tmp_path)), cfg)
+    where = {stage: m.done_info(stage)["cluster"] for stage in ("ae", "latents")}
+    assert where["ae"].startswith("tcp://127.0.0.1:") and where["latents"] == where["ae"]  # one client per run
+
+
 def test_compare_flow_writes_one_table_for_all_models(harness, tmp_path):
     from flows.compare import compare_models_flow
     from vegan.config import AEConfig, DataConfig, EvalConfig

@@ -56,6 +56,7 @@ def run_stage(run: Run, stage: str) -> dict[str, Any]:
         **info,
         "seconds": round(time.perf_counter() - t0, 2),
         "output": run.storage.uri(run.manifest.output(stage)),
+        **({"cluster": run.client.scheduler.address} if run.client is not None else {}),
     }
     run.manifest.mark_done(stage, info)
     return {**info, "key": run.keys[stage], "reused": False}
