@@ -410,17 +410,20 @@ def assign(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, **kwargs) -> torch
 def topk_cells(
     x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, k: int, *, chunking: Chunking | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` best cells per sample, best first: ``(scores (N,k) float32, idx (N,k) int64)``.
+    """The ``k`` best cells per sample, best first: ``(scores (N,k) float64, idx (N,k) int64)``.
 
-    Chunked like :func:`assign_counts` with a running top-k merge, so targets may
-    be far more than fit in one score matrix. Used by the generator to find the
-    neighbouring cells of a sample. Equal scores are listed lower index first;
-    which of several equal scores survive at the k-th place is unspecified.
+    Candidates come from a chunked float32 pass with a running top-k merge, so
+    targets may be far more than fit in one score matrix; they are then rescored
+    in float64 and ordered by (score desc, index asc), so the ranking is exact
+    and does not depend on the chunking (short of exact float32 ties for the
+    k-th place, where which candidate survives is unspecified). Used by the
+    generator to find the neighbouring cells of a sample.
     """
     _check_inputs(x, y, h)
     n = y.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n={n}], got {k}")
+    h64 = h.double()
     x, y, h = x.float(), y.float().contiguous(), h.float().contiguous()
     chunking = chunking or choose_chunking(n, y.shape[1], y.device)
     cols = min(chunking.chunk_cols, n)
@@ -433,15 +436,14 @@ def topk_cells(
             for s in range(0, n, cols):
                 e = min(n, s + cols)
                 sc = torch.addmm(h[s:e], xb, y[s:e].T)
-                kk = min(k, e - s)
-                cs, ci = torch.topk(sc, kk, dim=1, sorted=False)
-                cand_s = torch.cat([best_s, cs], 1)
-                cand_i = torch.cat([best_i, ci + s], 1)
-                # Order equal scores by index before the stable sort.
-                by_idx = torch.argsort(cand_i, dim=1)
-                cand_s, cand_i = cand_s.gather(1, by_idx), cand_i.gather(1, by_idx)
+                cs, ci = torch.topk(sc, min(k, e - s), dim=1, sorted=False)
+                cand_s, cand_i = torch.cat([best_s, cs], 1), torch.cat([best_i, ci + s], 1)
                 order = torch.argsort(cand_s, dim=1, descending=True, stable=True)[:, :k]
                 best_s, best_i = cand_s.gather(1, order), cand_i.gather(1, order)
-            out_s.append(best_s)
-            out_i.append(best_i)
+            exact = torch.einsum("bkd,bd->bk", y[best_i].double(), xb.double()) + h64[best_i]
+            by_index = best_i.argsort(dim=1, stable=True)
+            best_i, exact = best_i.gather(1, by_index), exact.gather(1, by_index)
+            by_score = (-exact).argsort(dim=1, stable=True)
+            out_s.append(exact.gather(1, by_score))
+            out_i.append(best_i.gather(1, by_score))
     return torch.cat(out_s), torch.cat(out_i)

@@ -33,6 +33,8 @@ _SOBOL_BITS = 30
 
 TAG_TRAIN = 0
 TAG_EVAL = 1
+TAG_CENTROIDS = 2  # generation: Monte Carlo cell centroids
+TAG_GENERATE = 3  # generation: the new samples
 
 
 @dataclass(frozen=True)
@@ -134,16 +136,30 @@ def sample_slice(
     return x.to(device)
 
 
-def _as_numpy_2d(y: Any) -> np.ndarray:
-    """Materialise numpy / torch / zarr input as a float64 (n, d) array, checked."""
+def as_codes(y: Any, name: str = "targets y") -> np.ndarray:
+    """Numpy / torch / zarr codes as a checked (n, d) array: 2-D, numeric, finite, non-empty.
+
+    The one validation of codes, shared by the solver and the generator.
+    """
+    arr = _as_numpy_2d(y, name)
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must be a 2-D array (n_codes, dim) with rows and columns, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} contain NaN or inf in {bad} row(s)")
+    return arr
+
+
+def _as_numpy_2d(y: Any, name: str = "targets y") -> np.ndarray:
+    """Materialise numpy / torch / zarr input as an (n, d) array, checked."""
     if isinstance(y, torch.Tensor):
         arr = y.detach().cpu().numpy()
     else:
         arr = np.asarray(y[...] if hasattr(y, "chunks") and not isinstance(y, np.ndarray) else y)
     if arr.ndim != 2:
-        raise ValueError(f"targets y must be 2-D (n, d), got shape {arr.shape}")
+        raise ValueError(f"{name} must be a 2-D array (n, d), got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"targets y must be numeric, got dtype {arr.dtype}")
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     return arr
 
 
@@ -240,14 +256,10 @@ def make_problem(y: Any, nu: Any = None, sampling: Sampling | None = None) -> OT
     sampling = sampling or Sampling()
     source = sampling.source
     arr = _as_numpy_2d(y)
-    n, d = arr.shape
-    if n < 2:
-        raise ValueError(f"need at least 2 targets, got n={n}")
-    if d < 1:
-        raise ValueError("targets have zero dimensions")
-    if not np.all(np.isfinite(arr)):
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise ValueError(f"targets contain NaN or inf in {bad} row(s)")
+    if arr.shape[0] < 2:
+        raise ValueError(f"need at least 2 targets, got n={arr.shape[0]}")
+    arr = as_codes(arr)
+    n = arr.shape[0]
     weights = _check_nu(nu, n)
     center, scale = fit_scaling(arr, source)
     return OTProblem(scale_targets(arr, center, scale), weights, center, scale, sampling)

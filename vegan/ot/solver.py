@@ -310,9 +310,26 @@ class OTResult:
     iterations: int
     marginal_error: dict  # max, l1, n_samples: measured on a fresh sample set
 
+    def __post_init__(self) -> None:
+        self.h = np.asarray(self.h, dtype=np.float64)
+        self.center = np.asarray(self.center, dtype=np.float64).reshape(-1)
+        if self.h.ndim != 1 or not np.isfinite(self.h).all():
+            raise ValueError(f"h must be finite values, one per code (got shape {self.h.shape}; NaN or inf "
+                             "means the OT solve diverged or was not run)")
+        if not np.isfinite(self.center).all():
+            raise ValueError("center contains NaN or inf")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {self.scale}")
+        if self.source not in ("cube", "ball"):
+            raise ValueError(f"source must be 'cube' or 'ball', got {self.source!r}")
+
     def scale_codes(self, y: Any) -> np.ndarray:
         """Codes mapped into the source domain, exactly as the solver saw them."""
         return scale_targets(np.asarray(y), self.center, self.scale)
+
+    def unscale_codes(self, z: Any) -> np.ndarray:
+        """Source-domain points back to the original latent space."""
+        return np.asarray(z, dtype=np.float64) * self.scale + self.center
 
 
 def run(
