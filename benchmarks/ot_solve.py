@@ -312,6 +312,8 @@ def main() -> None:
                 print(f"{name} {sname}: " + json.dumps({k: v for k, v in info.items() if k != "curve"}), flush=True)
         res["check_seconds_total"] = check.seconds
         results.append(res)
+        if args.out:  # written after every problem, so a long run keeps what it measured
+            Path(args.out).write_text(json.dumps({"problems": results, "plot": args.plot}))
     plot(results, args.plot)
     blob = json.dumps({"problems": results, "plot": args.plot})
     if args.out:
