@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", choices=sorted(PRESETS), help="starting config (default: demo unless --config)")
     r.add_argument("--config", help="YAML file with config values (applied over the preset)")
     r.add_argument("--storage", help="run folder: any fsspec URL (default ./runs/<preset>)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ot.lr=0.01")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. ot.tol=0.2")
     r.add_argument(
         "--until", choices=STAGE_NAMES, default=STAGE_NAMES[-1], help="run this stage and the stages upstream of it"
     )

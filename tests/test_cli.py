@@ -32,8 +32,8 @@ def test_status_of_a_missing_run(tmp_path, capsys):
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path, capsys):
-    assert main(["run", "--preset", "tiny", "--storage", str(tmp_path), "--set", "ot.lr=fast"]) == 1
-    assert "invalid config: ot.lr: Input should be a valid number" in capsys.readouterr().err
+    assert main(["run", "--preset", "tiny", "--storage", str(tmp_path), "--set", "ot.tol=fast"]) == 1
+    assert "invalid config: ot.tol: Input should be a valid number" in capsys.readouterr().err
     assert main(["run", "--preset", "tiny", "--no-prefect", "--storage", "nosuch://x"]) == 1
     assert "cannot open storage URL" in capsys.readouterr().err
     code = main(

@@ -7,7 +7,7 @@ from vegan.stages.registry import stage_keys
 
 def test_changing_a_stage_rekeys_only_it_and_downstream():
     base = stage_keys(load_config("tiny"))
-    changed = stage_keys(load_config("tiny", overrides=["ot.lr=0.05"]))
+    changed = stage_keys(load_config("tiny", overrides=["ot.tol=0.45"]))
     assert [s for s in base if base[s] == changed[s]] == ["ae", "latents"]
     assert all(changed[s] != base[s] for s in ("ot", "generate", "gan", "eval"))
 
@@ -25,17 +25,17 @@ def test_data_change_rekeys_everything():
 
 
 def test_overrides_are_typed_and_checked(tmp_path):
-    assert parse_overrides(["ot.lr=0.5", "data.name=mnist", "gan.enabled=false"]) == {
-        "ot": {"lr": 0.5},
+    assert parse_overrides(["ot.tol=0.5", "data.name=mnist", "gan.enabled=false"]) == {
+        "ot": {"tol": 0.5},
         "data": {"name": "mnist"},
         "gan": {"enabled": False},
     }
-    with pytest.raises(ValidationError, match="lr"):
-        load_config("tiny", overrides=["ot.lr=fast"])
+    with pytest.raises(ValidationError, match="tol"):
+        load_config("tiny", overrides=["ot.tol=fast"])
     with pytest.raises(ValidationError, match="Extra inputs"):
         load_config("tiny", overrides=["ot.learning_rate=0.1"])
     with pytest.raises(ValueError, match="key=value"):
-        parse_overrides(["ot.lr"])
+        parse_overrides(["ot.tol"])
     with pytest.raises(ValueError, match="unknown preset"):
         load_config("nope")
     with pytest.raises(FileNotFoundError, match="config file not found"):

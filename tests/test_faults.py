@@ -98,7 +98,7 @@ def test_kill_during_latent_extraction_never_rewrites_finished_chunks(tmp_path):
 
 
 def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path):
-    sets = ["ot.max_iter=300", "ot.checkpoint_every=20", "ot.tol=0.01"]
+    sets = ["ot.max_iter=60", "ot.checkpoint_every=5", "ot.tol=0.01", "ot.max_samples=65536", "ot.eval_samples=65536"]
     vegan_run(tmp_path / "a", "latents", sets)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))

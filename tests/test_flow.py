@@ -95,7 +95,7 @@ def test_rerun_is_reused_and_changes_nothing(tiny_run):
 
 def test_failed_ot_then_resume_reuses_finished_stages(tiny_run, monkeypatch):
     cfg, storage, _ = tiny_run
-    cfg2 = load_config("tiny", overrides=["ot.lr=0.03"])  # new OT key; AE and latents keys unchanged
+    cfg2 = load_config("tiny", overrides=["ot.tol=0.45"])  # new OT key; AE and latents keys unchanged
     st = Storage(storage)
     m = Manifest(st, cfg2)
     ae_model = st.path(m.output("ae"), "model.pt")

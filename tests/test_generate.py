@@ -4,12 +4,13 @@ filled rather than its training codes repeated."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from vegan.ot import OTResult
 from vegan.ot.generate import GenerationResult, estimate_centroids, generate
 
 
@@ -30,7 +31,9 @@ def _solve(y: np.ndarray, iters: int = 150, n_mc: int = 4000, lr: float = 0.03, 
         cell = (x @ ys.T + h.detach()).argmax(1)
         h.grad = torch.bincount(cell, minlength=len(y)).float() / n_mc - 1.0 / len(y)
         opt.step()
-    return SimpleNamespace(h=h.detach().double().numpy(), center=center, scale=scale, source="cube")
+    return OTResult(h=h.detach().double().numpy(), center=center, scale=scale, source="cube",
+                    nu=np.full(len(y), 1 / len(y)), history=[], converged=False, iterations=iters,
+                    marginal_error={})
 
 
 def _disk(n: int, center, radius: float, rng) -> np.ndarray:
@@ -188,10 +191,15 @@ def test_all_rejected_gives_a_clear_error(clusters):
 def test_bad_inputs(clusters, change, match):
     y, ot = clusters
     fields = {k: change.pop(k) for k in ("h", "scale", "center", "source") if k in change}
-    ot = SimpleNamespace(**{**vars(ot), **fields})
     kw = dict(n=10, centroid_samples=1000, progress=False)
-    with pytest.raises(ValueError, match=match):
-        generate(change.pop("y", y), ot, **{**kw, **change})
+    with pytest.raises(ValueError, match=match):  # a bad result fails when built or when used
+        generate(change.pop("y", y), dataclasses.replace(ot, **fields), **{**kw, **change})
+
+
+def test_result_must_be_an_ot_result(clusters):
+    y, ot = clusters
+    with pytest.raises(TypeError, match="OTResult"):
+        generate(y, {"h": ot.h}, n=10, progress=False)
 
 
 def test_with_the_real_solver(clusters):
@@ -200,6 +208,6 @@ def test_with_the_real_solver(clusters):
     how well h is converged."""
     solve = pytest.importorskip("vegan.ot").solve
     y, _ = clusters
-    ot = solve(y, max_iter=5, n_samples=2000, eval_samples=2000, progress=False)
+    ot = solve(y, max_iter=5, n_samples=2048, eval_samples=2048, progress=False)
     out = generate(y, ot, n=500, angle_threshold=20, centroid_samples=10_000, progress=False)
     assert out.codes.shape == (500, 2) and not _in_gap(out.codes).any()

@@ -170,10 +170,10 @@ def test_topk_matches_sort():
     scores = x @ y.T + h
     ref_s, ref_i = torch.sort(scores, dim=1, descending=True, stable=True)
     s, i = topk_cells(x, y, h, 5, chunking=Chunking(64, 17))
-    assert torch.equal(s, ref_s[:, :5])
+    assert s.dtype == torch.float64 and torch.equal(s, ref_s[:, :5].double())
     # Equal scores come lowest index first; ties at the 5th place may keep any of them.
     assert torch.equal(i[:, 0], assign(x, y, h))
-    assert torch.equal(scores.gather(1, i), s)
+    assert torch.equal(scores.gather(1, i).double(), s)
 
 
 @pytest.mark.parametrize(
@@ -197,3 +197,24 @@ def test_cached_targets_follow_in_place_edits_and_new_offsets(precision):
     assert torch.equal(flipped, torch.where((x @ y.T + h) == (x @ y.T + h).max(1, keepdim=True).values,
                                             torch.arange(100), 100).min(1).values)
     assert not torch.equal(flipped, first)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("chunking", CHUNKINGS[:3], ids=str)
+def test_runner_up_within_margin_matches_brute_force(chunking, precision):
+    """``margin``: the second-best cell where it scores within margin of the best (the Newton step's pairs)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2000, 5, generator=g) * 2 - 1
+    y = torch.randn(300, 5, generator=g)
+    h = torch.randn(300, generator=g) * 0.1
+    res = assign_counts(x, y, h, chunking=chunking, precision=precision, margin=0.3)
+    top = (x.double() @ y.double().T + h.double()).topk(2, dim=1)
+    gap = top.values[:, 0] - top.values[:, 1]
+    clear = (gap - 0.3).abs() > 1e-9  # rows exactly at the margin may go either way
+    assert torch.equal(res.idx, top.indices[:, 0])
+    expected = torch.where(gap < 0.3, top.indices[:, 1], -1)
+    assert torch.equal(res.second[clear], expected[clear])
+    near = res.second >= 0
+    assert 0.2 < float(near.float().mean()) < 0.9
+    torch.testing.assert_close(res.second_scores[near], top.values[near, 1], rtol=0, atol=1e-12)
+    assert assign_counts(x, y, h, chunking=chunking, precision=precision).second is None

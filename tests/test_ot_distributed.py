@@ -14,7 +14,7 @@ from vegan.ot import solve
 
 distributed = pytest.importorskip("distributed")
 
-KW = dict(progress=False, n_samples=8192, eval_samples=16384, eval_every=10, tol=1e-9, patience=4)
+KW = dict(progress=False, n_samples=8192, max_samples=32768, eval_samples=16384, tol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,10 @@ def single(targets):
 
 def test_sample_parallel_equals_single_process(client, targets, single):
     res = solve(targets, max_iter=25, client=client, **KW)
-    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
-    assert res.marginal_error["max"] == pytest.approx(single.marginal_error["max"])
+    # Counts and Hessian pairs come back in slice order (8192 samples = 2 slices, one per worker):
+    # the trajectory is the same bit for bit.
+    np.testing.assert_array_equal(res.h, single.h)
+    assert res.marginal_error == single.marginal_error
 
 
 def test_target_sharded_equals_sample_parallel(client, targets, single):
@@ -64,7 +66,7 @@ def test_connects_to_a_scheduler_by_address(client, targets, single):
 @pytest.mark.slow
 def test_killed_worker_iteration_is_retried(client, targets):
     """SIGKILL a worker mid-solve: the lost tasks rerun and h is still the single-process h."""
-    kw = dict(KW, n_samples=4 * 8192, patience=1000)
+    kw = dict(KW, n_samples=4 * 8192, max_samples=4 * 8192)
     reference = solve(targets, max_iter=40, **kw)
     out = {}
     thread = threading.Thread(target=lambda: out.update(res=solve(targets, max_iter=40, client=client, **kw)))

@@ -85,30 +85,31 @@ class LatentConfig(_Config):
 
 
 class OTConfig(_Config):
-    """Semi-discrete OT solve from a uniform source to the latent codes."""
+    """Semi-discrete OT solve from a uniform source to the latent codes (the flat UI form).
+
+    Maths settings become a :class:`vegan.ot.NewtonSolver` and a
+    :class:`vegan.ot.Sampling`; the rest (device, Dask, checkpoints) is how it runs.
+    Sample sizes left at ``None`` follow from the number of codes and ``tol``.
+    """
 
     source: Literal["cube", "ball"] = "cube"
-    lr: float = Field(1e-2, gt=0, description="Adam learning rate on h.")
-    betas: tuple[float, float] = (0.9, 0.999)
-    n_samples: int = Field(20_000, ge=1, description="Monte Carlo samples per iteration at start.")
-    max_samples: int = Field(1_000_000, ge=1, description="Cap on samples per iteration.")
-    growth: float = Field(2.0, ge=1.0, description="Sample count multiplier when progress stalls.")
-    patience: int = Field(20, ge=1, description="Iterations without energy progress before growing.")
-    lr_decay: float = Field(
-        0.5, gt=0, le=1,
-        description="Step-size multiplier when progress stalls at max_samples (1 = constant step). Adam's "
-        "steps never shrink on their own, so a constant step leaves h jittering by ~lr.",
+    tol: float = Field(0.1, gt=0, description="Stop when max_i |w_i - nu_i| / nu_i <= tol on a fresh sample.")
+    max_iter: int = Field(300, ge=1)
+    n_samples: int | None = Field(
+        None, ge=1, description="Samples in the first iteration (None: 64 per code); doubles at the noise floor."
     )
-    min_lr: float = Field(1e-4, gt=0, description="Floor for the decayed step size.")
-    max_iter: int = Field(2000, ge=1)
-    tol: float = Field(0.1, gt=0, description="Stop when max_i |w_i - nu_i| / nu_i <= tol.")
-    eval_every: int = Field(25, ge=1, description="Measure the marginal error every K iterations.")
-    eval_samples: int = Field(100_000, ge=1, description="Fresh samples for the marginal error.")
-    sampler: Literal["sobol", "uniform"] = "sobol"
-    ema: float | None = Field(None, ge=0, lt=1, description="EMA factor for h (None = off).")
-    warm_start: bool = Field(False, description="Initialise h from a coarse solve.")
-    checkpoint_every: int = Field(50, ge=1)
+    max_samples: int | None = Field(
+        None, ge=1, description="Cap on samples per iteration (None: from n and tol); iterates are averaged there."
+    )
+    eval_samples: int | None = Field(
+        None, ge=1,
+        description="Cap on the final fresh check (None: sized so its noise on the max error is 0.6 tol).",
+    )
+    sampler: Literal["sobol", "uniform"] = Field(
+        "sobol", description="sobol: one randomised QMC sequence per iteration; uniform: i.i.d."
+    )
     seed: int = 0
+    checkpoint_every: int = Field(10, ge=1)
     device: str = "auto"
     dask: Literal["none", "local"] | str = Field(
         "none", description="none, local (LocalCluster), or a scheduler address tcp://host:port."
@@ -263,7 +264,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """Turn ``["ot.lr=0.01", "data.name=mnist"]`` into a nested dict (values parsed as YAML)."""
+    """Turn ``["ot.tol=0.2", "data.name=mnist"]`` into a nested dict (values parsed as YAML)."""
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:

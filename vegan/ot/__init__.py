@@ -1,21 +1,30 @@
 """Semi-discrete optimal transport: uniform source -> latent codes (AE-OT).
 
 ``solve`` finds the Brenier potential ``u_h(x) = max_i <x, y_i> + h_i``;
-``assign`` evaluates its cells. The generator (``vegan.ot.generate``) is not
-imported here, so this package never depends on it.
+``assign`` evaluates its cells. The pieces apart (OTT-JAX style): the problem
+(:func:`make_problem`, :class:`Sampling`), the solver (:class:`NewtonSolver`,
+maths only, ``step(state) -> state``), the execution (:class:`LocalEvaluator`,
+``vegan.ot.distributed.DaskEvaluator``) and the output (:class:`OTResult`).
+The generator (``vegan.ot.generate``) is not imported here.
 """
 
+from vegan.ot.api import solve
 from vegan.ot.assign import assign, assign_counts, topk_cells
-from vegan.ot.problem import OTProblem, make_problem
-from vegan.ot.solver import OTResult, load_result, save_result, solve
+from vegan.ot.counting import LocalEvaluator
+from vegan.ot.problem import OTProblem, Sampling, make_problem
+from vegan.ot.solver import NewtonSolver, OTResult, load_result, run, save_result
 
 __all__ = [
+    "LocalEvaluator",
+    "NewtonSolver",
     "OTProblem",
     "OTResult",
+    "Sampling",
     "assign",
     "assign_counts",
     "load_result",
     "make_problem",
+    "run",
     "save_result",
     "solve",
     "topk_cells",

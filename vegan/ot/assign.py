@@ -140,11 +140,17 @@ class Assignment:
       row-wise formula, so equal ``idx`` gives bitwise equal ``max_scores`` on
       one machine, whatever precision screened the tiles. Its error against the
       exact score is float64 rounding: ``<= (d + 1) * 2**-53 * (sum_j |x_j y_ij| + |h_i|)``.
+    * With ``margin > 0``: ``second`` is the runner-up cell where its float64
+      score is within ``margin`` of the winner's (``-1`` elsewhere), and
+      ``second_scores`` its score by the same row-wise formula (``-inf``
+      elsewhere). The solver's Newton step estimates the Hessian from these pairs.
     """
 
     idx: torch.Tensor  # (N,) int64, winning cell per sample
     counts: torch.Tensor  # (n,) int64, samples per cell
     max_scores: torch.Tensor  # (N,) float64, u_h(x) = max_i <x, y_i> + h_i
+    second: torch.Tensor | None = None  # (N,) int64, runner-up within margin, else -1
+    second_scores: torch.Tensor | None = None  # (N,) float64, its score, else -inf
 
 
 _GEMM_MODE_LOCK = threading.Lock()
@@ -288,12 +294,15 @@ def _screen(xs: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> torc
     return cmax
 
 
-def _block(xb: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax and max (float64) of one sample block against all targets."""
+def _block(
+    xb: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace, margin: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Argmax and max (float64) of one sample block against all targets (plus the runner-up within ``margin``)."""
     m, n = xb.shape[0], ops.y.shape[0]
     cmax = _screen(ops.rows(xb), ops, cols, ws)
     best = cmax.amax(dim=0).double()
-    threshold = (best - 2 * ops.bound(xb)).float()
+    # A cell within `margin` of the best sits in a chunk whose screened max is within margin + 2 bound.
+    threshold = (best - 2 * ops.bound(xb) - margin).float()
     flag = cmax >= threshold  # (n_chunks, m): chunks that may hold the row's argmax
     if not bool(flag.any(0).all()):
         raise ValueError("non-finite scores: the samples, targets or offsets contain NaN or inf")
@@ -304,6 +313,9 @@ def _block(xb: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> tuple
     x64 = xb.double()
     best_v = torch.full((m,), float("-inf"), dtype=torch.float64, device=xb.device)
     idx = torch.zeros(m, dtype=torch.int64, device=xb.device)
+    if margin > 0:
+        sec_v = torch.full((m,), float("-inf"), dtype=torch.float64, device=xb.device)
+        sec_i = torch.full((m,), -1, dtype=torch.int64, device=xb.device)
     a = 0
     for c, k in enumerate(per_chunk):
         if not k:
@@ -311,15 +323,34 @@ def _block(xb: torch.Tensor, ops: _Operands, cols: int, ws: _Workspace) -> tuple
         rows = pairs[a : a + k, 1]
         a += k
         s, e = c * cols, min(n, (c + 1) * cols)
-        v, i = torch.addmm(ops.h64[s:e], x64[rows], ops.y[s:e].double().T).max(dim=1)
+        sc = torch.addmm(ops.h64[s:e], x64[rows], ops.y[s:e].double().T)
+        v, i = sc.max(dim=1)
         better = v > best_v[rows]
+        if margin > 0:
+            # Top two of {old best, old second, chunk best, chunk second}: the
+            # runner-up is the better of the one that lost and the other's second.
+            sc[torch.arange(k, device=sc.device), i] = float("-inf")
+            v2, i2 = sc.max(dim=1) if e - s > 1 else (torch.full_like(v, float("-inf")), i)
+            lose_v = torch.where(better, best_v[rows], v)
+            lose_i = torch.where(better, idx[rows], i + s)
+            other_v = torch.where(better, v2, sec_v[rows])
+            other_i = torch.where(better, i2 + s, sec_i[rows])
+            take = lose_v >= other_v
+            sec_v[rows] = torch.where(take, lose_v, other_v)
+            sec_i[rows] = torch.where(take, lose_i, other_i)
         best_v[rows] = torch.where(better, v, best_v[rows])
         idx[rows] = torch.where(better, i + s, idx[rows])
     # The winner's score once more, by one fixed row-wise formula: a float64 GEMM
     # rounds a score differently depending on which rows it was batched with
     # (which depends on the screening), so its values are not reproducible.
     best_v = (x64 * ops.y[idx].double()).sum(1) + ops.h64[idx]
-    return idx, best_v
+    if margin <= 0:
+        return idx, best_v, None, None
+    near = (sec_i >= 0) & (sec_v > float("-inf"))
+    safe = torch.where(near, sec_i, idx)
+    sec_v = torch.where(near, (x64 * ops.y[safe].double()).sum(1) + ops.h64[safe], float("-inf"))
+    near &= best_v - sec_v < margin
+    return idx, best_v, torch.where(near, sec_i, -1), torch.where(near, sec_v, float("-inf"))
 
 
 def assign_counts(
@@ -330,13 +361,15 @@ def assign_counts(
     chunking: Chunking | None = None,
     precision: Precision = "auto",
     want_idx: bool = True,
+    margin: float = 0.0,
 ) -> Assignment:
     """Winning cell, cell counts and max score for every row of ``x``.
 
     ``x`` (N, d), ``y`` (n, d), ``h`` (n,) tensors on one device (computed in
     float32 with float64 rescoring). Extra memory is ``chunking.buffer_bytes(n)``
     plus the screening copy of the targets (``(d + 1)`` floats or ``~(d + 2)``
-    bf16 values per target) and O(N) for the outputs.
+    bf16 values per target) and O(N) for the outputs. ``margin > 0`` also
+    returns each row's runner-up cell when it scores within ``margin`` of the best.
     """
     _check_inputs(x, y, h)
     n = y.shape[0]
@@ -347,20 +380,25 @@ def assign_counts(
     rows = min(chunking.block_rows, max(x.shape[0], 1))
     ws = _Workspace(rows, Chunking(rows, cols), n, ops)
     counts = torch.zeros(n, dtype=torch.int64, device=y.device)
-    idx_parts, max_parts = [], []
+    idx_parts, max_parts, sec_parts, sec_v_parts = [], [], [], []
     with torch.no_grad():
         for a in range(0, x.shape[0], chunking.block_rows):
-            idx, best = _block(x[a : a + chunking.block_rows], ops, cols, ws)
+            idx, best, sec, sec_v = _block(x[a : a + chunking.block_rows], ops, cols, ws, margin)
             counts += torch.bincount(idx, minlength=n)
             if want_idx:
                 idx_parts.append(idx)
             max_parts.append(best)
+            if margin > 0:
+                sec_parts.append(sec)
+                sec_v_parts.append(sec_v)
     empty_i = torch.empty(0, dtype=torch.int64, device=y.device)
     empty_f = torch.empty(0, dtype=torch.float64, device=y.device)
     return Assignment(
         idx=torch.cat(idx_parts) if idx_parts else empty_i,
         counts=counts,
         max_scores=torch.cat(max_parts) if max_parts else empty_f,
+        second=None if margin <= 0 else (torch.cat(sec_parts) if sec_parts else empty_i),
+        second_scores=None if margin <= 0 else (torch.cat(sec_v_parts) if sec_v_parts else empty_f),
     )
 
 
@@ -372,17 +410,20 @@ def assign(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, **kwargs) -> torch
 def topk_cells(
     x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, k: int, *, chunking: Chunking | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` best cells per sample, best first: ``(scores (N,k) float32, idx (N,k) int64)``.
+    """The ``k`` best cells per sample, best first: ``(scores (N,k) float64, idx (N,k) int64)``.
 
-    Chunked like :func:`assign_counts` with a running top-k merge, so targets may
-    be far more than fit in one score matrix. Used by the generator to find the
-    neighbouring cells of a sample. Equal scores are listed lower index first;
-    which of several equal scores survive at the k-th place is unspecified.
+    Candidates come from a chunked float32 pass with a running top-k merge, so
+    targets may be far more than fit in one score matrix; they are then rescored
+    in float64 and ordered by (score desc, index asc), so the ranking is exact
+    and does not depend on the chunking (short of exact float32 ties for the
+    k-th place, where which candidate survives is unspecified). Used by the
+    generator to find the neighbouring cells of a sample.
     """
     _check_inputs(x, y, h)
     n = y.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n={n}], got {k}")
+    h64 = h.double()
     x, y, h = x.float(), y.float().contiguous(), h.float().contiguous()
     chunking = chunking or choose_chunking(n, y.shape[1], y.device)
     cols = min(chunking.chunk_cols, n)
@@ -395,15 +436,14 @@ def topk_cells(
             for s in range(0, n, cols):
                 e = min(n, s + cols)
                 sc = torch.addmm(h[s:e], xb, y[s:e].T)
-                kk = min(k, e - s)
-                cs, ci = torch.topk(sc, kk, dim=1, sorted=False)
-                cand_s = torch.cat([best_s, cs], 1)
-                cand_i = torch.cat([best_i, ci + s], 1)
-                # Order equal scores by index before the stable sort.
-                by_idx = torch.argsort(cand_i, dim=1)
-                cand_s, cand_i = cand_s.gather(1, by_idx), cand_i.gather(1, by_idx)
+                cs, ci = torch.topk(sc, min(k, e - s), dim=1, sorted=False)
+                cand_s, cand_i = torch.cat([best_s, cs], 1), torch.cat([best_i, ci + s], 1)
                 order = torch.argsort(cand_s, dim=1, descending=True, stable=True)[:, :k]
                 best_s, best_i = cand_s.gather(1, order), cand_i.gather(1, order)
-            out_s.append(best_s)
-            out_i.append(best_i)
+            exact = torch.einsum("bkd,bd->bk", y[best_i].double(), xb.double()) + h64[best_i]
+            by_index = best_i.argsort(dim=1, stable=True)
+            best_i, exact = best_i.gather(1, by_index), exact.gather(1, by_index)
+            by_score = (-exact).argsort(dim=1, stable=True)
+            out_s.append(exact.gather(1, by_score))
+            out_i.append(best_i.gather(1, by_score))
     return torch.cat(out_s), torch.cat(out_i)

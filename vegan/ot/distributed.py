@@ -12,8 +12,10 @@ Two modes (``OTConfig.mode``):
   shards are merged pairwise as a tree (lower shard wins ties, so the lowest
   global index wins as in the single-process kernel).
 
-Both call :func:`vegan.ot.solver.count_slices` / the same kernel slice by
-slice, so a solve gives the same ``h`` on any number of workers. A task lost
+Both call :func:`vegan.ot.counting.count_slices` / the same kernel slice by
+slice, so a solve gives the same ``h`` on any number of workers (the near-tie
+pairs of the Newton step come back in slice order, and shards merge their top
+two). This module imports the counting layer only, never the solver. A task lost
 with its worker is rerun by the scheduler (``retries``); if the targets
 themselves were lost, they are scattered again and the iteration resubmitted.
 """
@@ -26,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vegan.config import OTConfig
+from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
-from vegan.ot.problem import OTProblem, sample_slice, scale_targets
-from vegan.ot.solver import count_slices, resolve_device
+from vegan.ot.counting import Counts, count_slices
+from vegan.ot.problem import OTProblem, Sampling, sample_slice, scale_targets
 
 log = logging.getLogger(__name__)
 
@@ -71,36 +73,45 @@ def _targets_on_worker(ysrc: Any, device: str) -> torch.Tensor:
     return _TARGETS[token]
 
 
-def _count_task(ysrc, h, start, stop, *, seed, tag, iteration, slice_size, source, sampler, precision, device):
+def _count_task(ysrc, h, start, stop, *, sampling: Sampling, tag, iteration, slice_size, margin, device):
     _worker_setup()
     y = _targets_on_worker(ysrc, device)
-    counts, sums = count_slices(
-        y, h, seed=seed, tag=tag, iteration=iteration, slices=range(start, stop),
-        slice_size=slice_size, source=source, sampler=sampler, precision=precision,
-    )
-    return counts.astype(np.int32), sums
+    res = count_slices(y, h, sampling, tag=tag, iteration=iteration, slices=range(start, stop),
+                       slice_size=slice_size, margin=margin)
+    return Counts(res.counts.astype(np.int32), res.sums, res.pairs)
 
 
-def _shard_task(yshard, offset, h, n_slices, *, seed, tag, iteration, slice_size, source, sampler, precision, device):
-    """Per-sample (max, global argmax) of all samples against one target shard."""
+def _shard_task(yshard, offset, h, n_slices, *, sampling: Sampling, tag, iteration, slice_size, margin, device):
+    """Per-sample best two (score, global index) of all samples against one target shard."""
     _worker_setup()
     y = _targets_on_worker(yshard, device)
     ht = torch.as_tensor(h, dtype=torch.float32, device=y.device)
     chunking = choose_chunking(y.shape[0], y.shape[1], y.device)
-    best, idx = [], []
+    out = [], [], [], []
     for index in range(n_slices):
-        x = sample_slice(y.shape[1], slice_size, seed=seed, tag=tag, iteration=iteration, index=index,
-                         source=source, sampler=sampler, device=y.device)
-        res = assign_counts(x, y, ht, chunking=chunking, precision=precision)
-        best.append(res.max_scores.cpu().numpy())
-        idx.append((res.idx + offset).to(torch.int32).cpu().numpy())
-    return np.concatenate(best), np.concatenate(idx)
+        x = sample_slice(y.shape[1], slice_size, sampling, tag=tag, iteration=iteration, index=index, device=y.device)
+        res = assign_counts(x, y, ht, chunking=chunking, precision=sampling.precision, margin=margin)
+        out[0].append(res.max_scores.cpu().numpy())
+        out[1].append((res.idx + offset).to(torch.int32).cpu().numpy())
+        if margin > 0:
+            out[2].append(res.second_scores.cpu().numpy())
+            out[3].append(torch.where(res.second >= 0, res.second + offset, -1).to(torch.int32).cpu().numpy())
+    if margin <= 0:  # no runner-up wanted: -inf / -1 placeholders
+        out[2].extend(np.full(len(b), -np.inf) for b in out[0])
+        out[3].extend(np.full(len(b), -1, dtype=np.int32) for b in out[0])
+    return tuple(np.concatenate(part) for part in out)
 
 
 def _merge_task(lo, hi):
-    """Merge two shards' (max, argmax); ``lo`` holds the lower target indices and wins ties."""
-    take = hi[0] > lo[0]
-    return np.where(take, hi[0], lo[0]), np.where(take, hi[1], lo[1])
+    """Merge two shards' best two; ``lo`` holds the lower target indices and wins ties."""
+    (bl, il, sl, jl), (bh, ih, sh, jh) = lo, hi
+    take = bh > bl
+    best, idx = np.where(take, bh, bl), np.where(take, ih, il)
+    # Runner-up: the better of the losing best and the winner's own second.
+    lose_v, lose_i = np.where(take, bl, bh), np.where(take, il, ih)
+    oth_v, oth_i = np.where(take, sh, sl), np.where(take, jh, jl)
+    keep = lose_v >= oth_v
+    return best, idx, np.where(keep, lose_v, oth_v), np.where(keep, lose_i, oth_i)
 
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -131,27 +142,32 @@ def _zarr_location(y: Any) -> tuple[str, dict] | None:
 
 
 class DaskEvaluator:
-    """Callable ``(h, tag, iteration, n_slices, slice_size) -> (counts, sums)`` on a Dask cluster."""
+    """Evaluator ``(h, tag, iteration, n_slices, slice_size, margin) -> Counts`` on a Dask cluster.
 
-    def __init__(self, problem: OTProblem, cfg: OTConfig, client=None, y_raw: Any = None):
+    ``client``: an existing client; otherwise ``cluster`` (``local`` starts a
+    LocalCluster of ``n_workers`` one-thread processes, else a scheduler address).
+    """
+
+    def __init__(self, problem: OTProblem, client=None, cluster: str = "local", n_workers: int = 2,
+                 mode: str = "samples", device: str = "auto", y_raw: Any = None):
         from distributed import Client, LocalCluster
 
-        self.problem, self.cfg = problem, cfg
+        if mode not in ("samples", "targets"):
+            raise ValueError(f"mode must be 'samples' or 'targets', got {mode!r}")
+        self.problem, self.mode, self.device = problem, mode, device
         self._owned = []
         if client is None:
-            if cfg.dask in ("local", "none"):
-                cluster = LocalCluster(
-                    n_workers=cfg.n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-                )
-                client = Client(cluster)
-                self._owned = [client, cluster]
+            if cluster in ("local", "none"):
+                lc = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+                client = Client(lc)
+                self._owned = [client, lc]
             else:
-                client = Client(cfg.dask)
+                client = Client(cluster)
                 self._owned = [client]
         self.client = client
         self.resources = self._gpu_resources()
         self.token = problem.fingerprint()
-        self.zarr = _zarr_location(y_raw) if cfg.mode == "samples" else None
+        self.zarr = _zarr_location(y_raw) if mode == "samples" else None
         self._publish()
 
     # ----------------------------------------------------------- targets
@@ -172,7 +188,7 @@ class DaskEvaluator:
     def _publish(self) -> None:
         """Put the targets where the tasks will find them (once per solve, again after a loss)."""
         p = self.problem
-        if self.cfg.mode == "samples":
+        if self.mode == "samples":
             if self.zarr is not None:
                 url, options = self.zarr
                 self.ysrc = ("zarr", self.token, url, options, p.center, p.scale)
@@ -185,29 +201,22 @@ class DaskEvaluator:
             ]
 
     # ---------------------------------------------------------- counting
-    def _kwargs(self, tag, iteration, slice_size) -> dict:
-        return dict(
-            seed=self.cfg.seed, tag=tag, iteration=iteration, slice_size=slice_size,
-            source=self.problem.source, sampler=self.cfg.sampler, precision=self.cfg.precision,
-            device=self.cfg.device,
-        )
+    def _kwargs(self, tag, iteration, slice_size, margin) -> dict:
+        return dict(sampling=self.problem.sampling, tag=tag, iteration=iteration, slice_size=slice_size,
+                    margin=margin, device=self.device)
 
-    def _samples(self, h, tag, iteration, k, slice_size):
+    def _samples(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
         futures = [
             self.client.submit(_count_task, self.ysrc, hf, a, b, pure=False, retries=TASK_RETRIES,
-                               resources=self.resources, **self._kwargs(tag, iteration, slice_size))
+                               resources=self.resources, **self._kwargs(tag, iteration, slice_size, margin))
             for a, b in _split(k, self._n_workers())
         ]
-        parts = self.client.gather(futures)
-        counts = np.zeros(self.problem.n, dtype=np.int64)
-        for c, _ in parts:
-            counts += c
-        return counts, np.concatenate([s for _, s in parts])
+        return Counts.concat(self.client.gather(futures), self.problem.n)
 
-    def _targets(self, h, tag, iteration, k, slice_size):
+    def _targets(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
-        kw = self._kwargs(tag, iteration, slice_size)
+        kw = self._kwargs(tag, iteration, slice_size, margin)
         level = [
             self.client.submit(_shard_task, ys, a, hf[a : a + len_], k, pure=False, retries=TASK_RETRIES,
                                resources=self.resources, **kw)
@@ -217,21 +226,23 @@ class DaskEvaluator:
             nxt = [self.client.submit(_merge_task, level[i], level[i + 1], pure=False, retries=TASK_RETRIES)
                    for i in range(0, len(level) - 1, 2)]
             level = nxt + ([level[-1]] if len(level) % 2 else [])
-        best, idx = level[0].result()
+        best, idx, sec_v, sec_i = level[0].result()
         counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64)
         sums = np.array([torch.from_numpy(best[i * slice_size : (i + 1) * slice_size]).double().sum().item()
                          for i in range(k)])
-        return counts, sums
+        near = (sec_i >= 0) & (best - sec_v < margin) if margin > 0 else np.zeros(len(idx), dtype=bool)
+        return Counts(counts, sums, np.stack([idx[near], sec_i[near]]).astype(np.int32))
 
     def _shard_lengths(self) -> list[int]:
         starts = [a for a, _ in self.shards] + [self.problem.n]
         return [b - a for a, b in zip(starts[:-1], starts[1:])]
 
-    def __call__(self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int):
-        run = self._samples if self.cfg.mode == "samples" else self._targets
+    def __call__(self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int,
+                 margin: float = 0.0) -> Counts:
+        run = self._samples if self.mode == "samples" else self._targets
         for attempt in range(RESUBMITS + 1):
             try:
-                return run(h, tag, iteration, n_slices, slice_size)
+                return run(h, tag, iteration, n_slices, slice_size, margin)
             except Exception as exc:  # noqa: BLE001 - lost workers surface as several types
                 if attempt == RESUBMITS:
                     raise

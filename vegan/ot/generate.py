@@ -25,11 +25,12 @@ they can be detected from ``h`` alone:
    each cell's centroid, so the map is continuous inside a cluster and fills its
    convex hull instead of repeating the training codes.
 
-Everything happens in the solver's scaled space ``(y - center) / scale`` (where
-``h`` was solved) and the mixed code is mapped back to the original latent space.
-Randomness is drawn per block of samples from ``(seed, purpose, block index)``, so
-results do not depend on the chunk size, on whether a Dask client is used, or on
-how many blocks run in parallel.
+Everything happens in the solver's scaled space (``OTResult.scale_codes``, where
+``h`` was solved) and the mixed code is mapped back with ``OTResult.unscale_codes``.
+Source samples come from the problem's own sampler (:func:`vegan.ot.problem.sample_slice`:
+one scrambled Sobol block per ``(seed, purpose, block index)``), so results do not
+depend on the chunk size, on whether a Dask client is used, or on how many blocks
+run in parallel.
 """
 
 from __future__ import annotations
@@ -42,16 +43,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from vegan.ot.assign import Chunking, assign
-from vegan.ot.assign import topk_cells as candidate_topk
+from vegan.ot.assign import Chunking, assign, topk_cells
+from vegan.ot.problem import TAG_CENTROIDS, TAG_GENERATE, Sampling, as_codes, sample_slice
+from vegan.ot.solver import OTResult
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("cube", "ball")
-
-# Purposes mixed into the per-block seeds, so centroid and generation samples are independent.
-_TAG_CENTROIDS = 0
-_TAG_GENERATE = 1
 
 # Blocks per centroid task: enough work per Dask task, and a fixed grouping so the
 # float64 sums are added in the same order with and without Dask.
@@ -74,39 +70,12 @@ class GenerationResult:
 
 # ------------------------------------------------------------------ sampling
 def sample_source(n: int, d: int, source: str, seed: int, tag: int, block: int) -> torch.Tensor:
-    """``n`` float32 samples of the source measure, a pure function of ``(seed, tag, block)``."""
-    rng = np.random.default_rng([seed, tag, block])
-    if source == "cube":
-        x = 2.0 * rng.random((n, d), dtype=np.float32) - 1.0
-    else:  # uniform in the unit ball: Gaussian direction, radius U^(1/d)
-        g = rng.standard_normal((n, d), dtype=np.float32)
-        g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), np.float32(1e-30))
-        x = g * (rng.random(n, dtype=np.float32) ** np.float32(1.0 / d))[:, None]
-    return torch.from_numpy(x)
+    """``n`` float32 source samples for one block: the problem's sampler, keyed by ``(seed, tag, block)``."""
+    return sample_slice(d, n, Sampling(seed=seed, source=source), tag=tag, iteration=block, index=0)
 
 
 def _default_chunk(block_size: int) -> int:
     return max(1, _BUFFER_FLOATS // max(1, block_size))
-
-
-# ------------------------------------------------------------------- kernels
-def topk_cells(
-    x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, h64: torch.Tensor, k: int, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` cells of each sample, best first: ``(scores float64 (B, k), indices (B, k))``.
-
-    Candidates come from the chunked float32 kernel (:func:`vegan.ot.assign.topk_cells`,
-    a running top-k merge over target chunks); they are then rescored in float64
-    and sorted by (score desc, index asc), so the ranking is exact and does not
-    depend on the chunk size (short of exact float32 ties for the k-th place).
-    """
-    k = min(k, y.shape[0])
-    _, best_i = candidate_topk(x, y, h, k, chunking=Chunking(max(1, x.shape[0]), chunk))
-    exact = torch.einsum("bkd,bd->bk", y[best_i].double(), x.double()) + h64[best_i]
-    by_index = best_i.argsort(dim=1, stable=True)
-    best_i, exact = best_i.gather(1, by_index), exact.gather(1, by_index)
-    by_score = (-exact).argsort(dim=1, stable=True)
-    return exact.gather(1, by_score), best_i.gather(1, by_score)
 
 
 def dihedral_angles(y_top: torch.Tensor) -> torch.Tensor:
@@ -133,7 +102,7 @@ def _centroid_task(
     counts = torch.zeros(n, dtype=torch.long)
     for block in blocks:
         m = min(block_size, n_samples - block * block_size)
-        x = sample_source(m, d, source, seed, _TAG_CENTROIDS, block)
+        x = sample_source(m, d, source, seed, TAG_CENTROIDS, block)
         cell = assign(x, yt, ht, chunking=Chunking(max(1, x.shape[0]), chunk))
         sums.index_add_(0, cell, x.double())
         counts += torch.bincount(cell, minlength=n)
@@ -157,8 +126,8 @@ def _generate_block(
     Runs on a Dask worker too, hence plain arrays in and out.
     """
     yt, h64 = torch.from_numpy(y), torch.from_numpy(h)
-    x = sample_source(block_size, yt.shape[1], source, seed, _TAG_GENERATE, block)
-    _, top = topk_cells(x, yt, h64.float(), h64, k, chunk)
+    x = sample_source(block_size, yt.shape[1], source, seed, TAG_GENERATE, block)
+    _, top = topk_cells(x, yt, h64, min(k, yt.shape[0]), chunking=Chunking(max(1, block_size), chunk))
     y_top = yt[top].double()  # (B, k, d)
     if top.shape[1] == 1:  # no neighbours to compare or mix with: the plain OT map
         return y_top[:, 0].numpy(), top[:, 0].numpy(), np.arange(block_size)
@@ -218,17 +187,6 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 # --------------------------------------------------------------- validation
-def _as_codes(y: Any, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 2 or y.shape[0] < 1 or y.shape[1] < 1:
-        raise ValueError(f"{name} must be a 2-D array (n_codes, dim), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {y.dtype}")
-    if not np.isfinite(y).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return y
-
-
 def _as_potential(h: Any, n: int) -> np.ndarray:
     h = np.asarray(h, dtype=np.float64)
     if h.shape != (n,):
@@ -239,8 +197,8 @@ def _as_potential(h: Any, n: int) -> np.ndarray:
 
 
 def _check_common(source: str, seed: int, block_size: int, chunk: int | None) -> int:
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source not in ("cube", "ball"):
+        raise ValueError(f"source must be 'cube' or 'ball', got {source!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if block_size < 1:
@@ -281,7 +239,7 @@ def estimate_centroids(
     where the tiny cell lives, and it keeps the result NaN-free. The number of
     such cells is logged; raise ``n_samples`` if it matters.
     """
-    y = _as_codes(y_scaled, "y_scaled").astype(np.float32)
+    y = as_codes(y_scaled, "y_scaled").astype(np.float32)
     h = _as_potential(h, y.shape[0])
     chunk = _check_common(source, seed, block_size, chunk)
     if n_samples < 1:
@@ -312,7 +270,7 @@ def estimate_centroids(
 
 def generate(
     y: Any,
-    ot_result: Any,
+    result: OTResult,
     n: int = 2000,
     k: int = 8,
     angle_threshold: float = 0.7,
@@ -327,8 +285,8 @@ def generate(
 ) -> GenerationResult:
     """Draw ``n`` new codes with the singularity-aware piecewise-linear extension.
 
-    ``y`` are the codes in the original latent space, ``ot_result`` anything with
-    ``h``, ``center``, ``scale`` and ``source`` (an :class:`vegan.ot.OTResult`).
+    ``y`` are the codes in the original latent space, ``result`` the
+    :class:`vegan.ot.OTResult` solved for them (its potential, scaling and source).
     Source samples are drawn in blocks of ``block_size`` until ``n`` are accepted;
     the first ``n`` accepted (in block order) are returned, and the rejection rate
     is counted over the blocks used. ``k = 1`` (or a single code) turns the
@@ -339,16 +297,14 @@ def generate(
     ``client`` is an optional ``dask.distributed.Client``; results are identical
     with and without it.
     """
-    y = _as_codes(y, "y").astype(np.float64)
+    if not isinstance(result, OTResult):
+        raise TypeError(f"result must be a vegan.ot.OTResult, got {type(result).__name__}")
+    y = as_codes(y, "y").astype(np.float64)
     n_cells, d = y.shape
-    h = _as_potential(getattr(ot_result, "h", None), n_cells)
-    source = getattr(ot_result, "source", "cube")
-    center = np.asarray(getattr(ot_result, "center", np.zeros(d)), dtype=np.float64).reshape(-1)
-    scale = float(getattr(ot_result, "scale", 1.0))
-    if center.shape != (d,) or not np.isfinite(center).all():
-        raise ValueError(f"ot_result.center must be {d} finite values (the code dimension), got shape {center.shape}")
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"ot_result.scale must be a positive finite number, got {scale}")
+    h = _as_potential(result.h, n_cells)
+    source = result.source
+    if result.center.shape != (d,):
+        raise ValueError(f"result.center must have {d} values (the code dimension), got shape {result.center.shape}")
     chunk = _check_common(source, seed, block_size, chunk)
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -358,14 +314,14 @@ def generate(
         raise ValueError(f"angle_threshold must be > 0 degrees, got {angle_threshold!r}")
     max_draws = max(100 * n, 20 * block_size) if max_draws is None else max_draws
 
-    y_scaled = ((y - center) / scale).astype(np.float32)
+    y_scaled = result.scale_codes(y)
     if centroids is None:
         centroids, _ = estimate_centroids(
             y_scaled, h, centroid_samples, seed=seed, source=source, chunk=chunk,
             block_size=block_size, client=client, progress=progress,
         )
     else:
-        centroids = _as_codes(centroids, "centroids").astype(np.float32)
+        centroids = as_codes(centroids, "centroids").astype(np.float32)
         if centroids.shape != (n_cells, d):
             raise ValueError(f"centroids must have shape {(n_cells, d)}, got {centroids.shape}")
 
@@ -402,7 +358,7 @@ def generate(
             f"almost every sample lies next to a singular set. Increase angle_threshold "
             f"(now {angle_threshold} degrees) or k (now {k}), or check the OT solve converged."
         )
-    out = np.concatenate(codes) * scale + center
+    out = result.unscale_codes(np.concatenate(codes))
     return GenerationResult(
         codes=out.astype(np.float32),
         cells=np.concatenate(cells).astype(np.int64),

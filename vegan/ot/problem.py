@@ -12,6 +12,7 @@ a random stream that was consumed by earlier work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -22,14 +23,42 @@ import torch
 
 Source = Literal["cube", "ball"]
 Sampler = Literal["sobol", "uniform"]
+Precision = Literal["auto", "float32", "screened"]
 
 # Samples per slice (the unit of determinism and of distribution). A power of two
-# keeps scrambled Sobol points balanced; 4096 rows is also the CPU kernel's block.
+# keeps Sobol blocks balanced; 4096 rows is also the CPU kernel's block.
 MAX_SLICE = 4096
+# Sobol indices are 30-bit in torch: at most 2^30 points per iteration.
+_SOBOL_BITS = 30
 
 TAG_TRAIN = 0
 TAG_EVAL = 1
-TAG_WARM = 2
+TAG_CENTROIDS = 2  # generation: Monte Carlo cell centroids
+TAG_GENERATE = 3  # generation: the new samples
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How source samples are drawn and scored: one frozen value, passed whole.
+
+    The solver, the Dask workers and the generator all take this object, so a
+    setting cannot be forwarded in one place and forgotten in another.
+    ``precision`` picks the kernel's screening GEMM; it never changes a result
+    (see :mod:`vegan.ot.assign`).
+    """
+
+    seed: int = 0
+    source: Source = "cube"
+    sampler: Sampler = "sobol"
+    precision: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("cube", "ball"):
+            raise ValueError(f"source must be 'cube' or 'ball', got {self.source!r}")
+        if self.sampler not in ("sobol", "uniform"):
+            raise ValueError(f"sampler must be 'sobol' or 'uniform', got {self.sampler!r}")
+        if self.precision not in ("auto", "float32", "screened"):
+            raise ValueError(f"precision must be auto, float32 or screened, got {self.precision!r}")
 
 
 def slice_size_for(n_samples: int) -> int:
@@ -37,62 +66,100 @@ def slice_size_for(n_samples: int) -> int:
     return min(MAX_SLICE, 1 << max(0, math.ceil(math.log2(max(n_samples, 1)))))
 
 
-def slice_seed(seed: int, tag: int, iteration: int, index: int) -> int:
-    """A 63-bit seed for one slice, independent across all four coordinates."""
-    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, tag, iteration, index])
+def stream_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed, independent across all keys."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, *keys])
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@functools.lru_cache(maxsize=16)
+def _sobol_scramble(dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    eng = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+    return eng.sobolstate, eng.shift
+
+
+def sobol_block(dim: int, start: int, size: int, seed: int) -> torch.Tensor:
+    """Points ``start .. start+size-1`` of the Sobol sequence scrambled with ``seed`` (float32 in [0,1)).
+
+    Bit for bit what one ``SobolEngine(dim, scramble=True, seed=seed)`` draws at
+    those positions: the engine is positioned at ``start`` directly (gray-code
+    XOR of the direction numbers), so any slice is O(size) to produce.
+    """
+    if start + size > 1 << _SOBOL_BITS:
+        raise ValueError(f"at most 2^{_SOBOL_BITS} Sobol points per sequence")
+    if start == 0:
+        return torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed).draw(size, dtype=torch.float32)
+    state, shift = _sobol_scramble(dim, seed)
+    eng = torch.quasirandom.SobolEngine(dim, scramble=False)
+    k = start - 1  # the engine continues from the point before `start`
+    gray, q = k ^ (k >> 1), shift.clone()
+    for j in range(_SOBOL_BITS):
+        if (gray >> j) & 1:
+            q ^= state[:, j]
+    eng.sobolstate, eng.shift, eng.quasi, eng.num_generated = state, shift, q, start
+    return eng.draw(size, dtype=torch.float32)
 
 
 def sample_slice(
     d: int,
     size: int,
+    sampling: Sampling,
     *,
-    seed: int,
     tag: int,
     iteration: int,
     index: int,
-    source: Source = "cube",
-    sampler: Sampler = "sobol",
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """``size`` float32 points of the source measure for slice ``index`` of ``iteration``.
+    """``size`` float32 source points: slice ``index`` of the sample set of ``(tag, iteration)``.
 
-    Sobol points are scrambled with a slice-specific seed, so each slice is a
-    balanced randomised QMC set and slices are independent. The ball uses one
-    extra coordinate for the radius (``r = u^(1/d)``) and inverse-normal
-    directions.
+    With ``sobol`` the sample set of one iteration is ONE randomised QMC
+    sequence (scrambled by ``(seed, tag, iteration)``) and slice ``index`` is
+    its points ``index*size .. (index+1)*size - 1``: the union of an
+    iteration's slices is a balanced Sobol set, which measured 0.68x (d = 16)
+    and 0.87x (d = 32) the variance of i.i.d. points for cell counts. Every
+    iteration gets an independent scramble. The ball uses one extra
+    coordinate for the radius (``r = u^(1/d)``) and inverse-normal directions.
     """
-    s = slice_seed(seed, tag, iteration, index)
-    dim = d + 1 if source == "ball" else d
-    if sampler == "sobol":
-        u = torch.quasirandom.SobolEngine(dim, scramble=True, seed=s).draw(size, dtype=torch.float32)
-    elif sampler == "uniform":
-        g = torch.Generator().manual_seed(s)
-        u = torch.rand(size, dim, generator=g, dtype=torch.float32)
+    dim = d + 1 if sampling.source == "ball" else d
+    if sampling.sampler == "sobol":
+        u = sobol_block(dim, index * size, size, stream_seed(sampling.seed, tag, iteration))
     else:
-        raise ValueError(f"unknown sampler {sampler!r}")
-    if source == "cube":
+        g = torch.Generator().manual_seed(stream_seed(sampling.seed, tag, iteration, index))
+        u = torch.rand(size, dim, generator=g, dtype=torch.float32)
+    if sampling.source == "cube":
         x = u * 2 - 1
-    elif source == "ball":
+    else:
         eps = 1e-7
         z = torch.special.ndtri(u[:, :d].clamp(eps, 1 - eps))
         z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
         x = z * u[:, d:].pow(1.0 / d)
-    else:
-        raise ValueError(f"unknown source {source!r}")
     return x.to(device)
 
 
-def _as_numpy_2d(y: Any) -> np.ndarray:
-    """Materialise numpy / torch / zarr input as a float64 (n, d) array, checked."""
+def as_codes(y: Any, name: str = "targets y") -> np.ndarray:
+    """Numpy / torch / zarr codes as a checked (n, d) array: 2-D, numeric, finite, non-empty.
+
+    The one validation of codes, shared by the solver and the generator.
+    """
+    arr = _as_numpy_2d(y, name)
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must be a 2-D array (n_codes, dim) with rows and columns, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} contain NaN or inf in {bad} row(s)")
+    return arr
+
+
+def _as_numpy_2d(y: Any, name: str = "targets y") -> np.ndarray:
+    """Materialise numpy / torch / zarr input as an (n, d) array, checked."""
     if isinstance(y, torch.Tensor):
         arr = y.detach().cpu().numpy()
     else:
         arr = np.asarray(y[...] if hasattr(y, "chunks") and not isinstance(y, np.ndarray) else y)
     if arr.ndim != 2:
-        raise ValueError(f"targets y must be 2-D (n, d), got shape {arr.shape}")
+        raise ValueError(f"{name} must be a 2-D array (n, d), got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"targets y must be numeric, got dtype {arr.dtype}")
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     return arr
 
 
@@ -125,8 +192,25 @@ class OTProblem:
     nu: np.ndarray  # (n,) float64, sums to 1
     center: np.ndarray  # (d,) float64
     scale: float
-    source: Source = "cube"
+    sampling: Sampling = Sampling()
     _torch_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def source(self) -> Source:
+        return self.sampling.source
+
+    def sample(self, size: int, *, tag: int, iteration: int, index: int,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        """This problem's source samples (see :func:`sample_slice`)."""
+        return sample_slice(self.d, size, self.sampling, tag=tag, iteration=iteration, index=index, device=device)
+
+    def scale_codes(self, y: Any) -> np.ndarray:
+        """Codes mapped into the source domain, exactly as the targets were."""
+        return scale_targets(y, self.center, self.scale)
+
+    def unscale_codes(self, z: np.ndarray) -> np.ndarray:
+        """Scaled-space points back to the original latent space."""
+        return np.asarray(z, dtype=np.float64) * self.scale + self.center
 
     @property
     def n(self) -> int:
@@ -146,7 +230,8 @@ class OTProblem:
     def fingerprint(self) -> str:
         """Identifies the problem, so a checkpoint of another problem is never resumed."""
         hsh = hashlib.sha256()
-        hsh.update(f"{self.n}x{self.d}:{self.source}:{self.scale!r}".encode())
+        sm = self.sampling
+        hsh.update(f"{self.n}x{self.d}:{sm.source}:{sm.sampler}:{sm.seed}:{self.scale!r}".encode())
         hsh.update(np.ascontiguousarray(self.center).tobytes())
         hsh.update(np.ascontiguousarray(self.nu).tobytes())
         hsh.update(np.ascontiguousarray(self.y).tobytes())
@@ -166,19 +251,15 @@ def fit_scaling(y: np.ndarray, source: Source) -> tuple[np.ndarray, float]:
     return center, float(radius) if radius > 0 else 1.0
 
 
-def make_problem(y: Any, nu: Any = None, source: Source = "cube") -> OTProblem:
+def make_problem(y: Any, nu: Any = None, sampling: Sampling | None = None) -> OTProblem:
     """Validate the inputs and build the scaled problem (errors say what is wrong)."""
-    if source not in ("cube", "ball"):
-        raise ValueError(f"source must be 'cube' or 'ball', got {source!r}")
+    sampling = sampling or Sampling()
+    source = sampling.source
     arr = _as_numpy_2d(y)
-    n, d = arr.shape
-    if n < 2:
-        raise ValueError(f"need at least 2 targets, got n={n}")
-    if d < 1:
-        raise ValueError("targets have zero dimensions")
-    if not np.all(np.isfinite(arr)):
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise ValueError(f"targets contain NaN or inf in {bad} row(s)")
+    if arr.shape[0] < 2:
+        raise ValueError(f"need at least 2 targets, got n={arr.shape[0]}")
+    arr = as_codes(arr)
+    n = arr.shape[0]
     weights = _check_nu(nu, n)
     center, scale = fit_scaling(arr, source)
-    return OTProblem(scale_targets(arr, center, scale), weights, center, scale, source)
+    return OTProblem(scale_targets(arr, center, scale), weights, center, scale, sampling)

@@ -1,6 +1,7 @@
 """Stage ``generate``: sample latent codes with the OT map's piecewise-linear extension.
 
-The body of :func:`generate_codes` belongs to the OT engine's owners (moved here unchanged from vegan/pipeline.py).
+With a run-wide cluster (``cluster.address``) centroids and samples are computed on its workers
+(results are identical with and without it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def generate_codes(run: StageContext) -> dict[str, Any]:
         angle_threshold=g.angle_threshold,
         seed=g.seed,
         centroid_samples=g.centroid_samples,
+        client=run.client,
         progress=run.progress,
     )
     # mode="w": a half-written store from a crash is replaced; the done marker comes after.

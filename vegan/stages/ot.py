@@ -1,6 +1,6 @@
 """Stage ``ot``: solve the semi-discrete OT problem from the source measure to the latent codes.
 
-The body of :func:`solve_ot` belongs to the OT engine's owners (moved here unchanged from vegan/pipeline.py).
+With a run-wide cluster (``cluster.address``) the Monte Carlo counting runs on its workers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ def solve_ot(run: StageContext) -> dict[str, Any]:
     if not run.has_encoder():
         return {"skipped": f"model {run.cfg.ae.model} has no encoder"}
     out = run.dir("ot")
-    res = solve(run.codes, config=run.cfg.ot, checkpoints=CheckpointDir(out, keep=3), progress=run.progress)
+    res = solve(
+        run.codes, config=run.cfg.ot, checkpoints=CheckpointDir(out, keep=3), progress=run.progress, client=run.client
+    )
     save_result(out, res)
     return {
         "converged": bool(res.converged),

@@ -1,0 +1,68 @@
+"""``solve(codes, tol=...)``: the notebook one-liner, from the flat :class:`OTConfig` to solver + execution.
+
+The maths lives in :class:`vegan.ot.solver.NewtonSolver` and :class:`vegan.ot.problem.Sampling`;
+this module only chooses where the counting runs (this process or a Dask cluster),
+and wires checkpoints and progress in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vegan.checkpoint import CheckpointDir
+from vegan.config import OTConfig
+from vegan.ot.counting import LocalEvaluator
+from vegan.ot.problem import OTProblem, Sampling, make_problem
+from vegan.ot.solver import NewtonSolver, OTResult, run
+
+
+def resolve_config(config: OTConfig | None, overrides: dict[str, Any]) -> OTConfig:
+    """Config plus keyword overrides, validated (a misspelt override is an error)."""
+    base = (config or OTConfig()).model_dump()
+    unknown = set(overrides) - set(OTConfig.model_fields)
+    if unknown:
+        raise TypeError(f"unknown OTConfig field(s): {', '.join(sorted(unknown))}")
+    return OTConfig.model_validate({**base, **overrides})
+
+
+def solver_from_config(cfg: OTConfig) -> NewtonSolver:
+    return NewtonSolver(tol=cfg.tol, max_iter=cfg.max_iter, n_samples=cfg.n_samples,
+                        max_samples=cfg.max_samples, check_samples=cfg.eval_samples)
+
+
+def sampling_from_config(cfg: OTConfig) -> Sampling:
+    return Sampling(seed=cfg.seed, source=cfg.source, sampler=cfg.sampler, precision=cfg.precision)
+
+
+def make_evaluator(problem: OTProblem, cfg: OTConfig, client=None, y_raw: Any = None):
+    """Local evaluator, or a Dask one when ``client`` is given or ``cfg.dask`` names a cluster."""
+    if cfg.dask == "none" and client is None:
+        return LocalEvaluator(problem, problem.sampling, cfg.device)
+    from vegan.ot.distributed import DaskEvaluator
+
+    return DaskEvaluator(problem, client=client, cluster=cfg.dask, n_workers=cfg.n_workers, mode=cfg.mode,
+                         device=cfg.device, y_raw=y_raw)
+
+
+def solve(
+    y: Any,
+    nu: Any = None,
+    config: OTConfig | None = None,
+    checkpoints: CheckpointDir | None = None,
+    progress: bool = True,
+    client=None,
+    **overrides: Any,
+) -> OTResult:
+    """Solve the semi-discrete OT problem from the source measure to ``y`` (weights ``nu``).
+
+    Resumes from the newest checkpoint in ``checkpoints`` (of the same problem),
+    checkpoints every ``checkpoint_every`` iterations and at the end, and stops
+    once a fresh-sample max relative cell error is ``<= tol`` or after ``max_iter``.
+    """
+    cfg = resolve_config(config, overrides)
+    problem = make_problem(y, nu, sampling_from_config(cfg))
+    evaluate = make_evaluator(problem, cfg, client, y_raw=y)
+    try:
+        return run(solver_from_config(cfg), problem, evaluate, checkpoints, cfg.checkpoint_every, progress)
+    finally:
+        evaluate.close()
