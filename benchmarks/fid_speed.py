@@ -6,13 +6,14 @@ differs from the exact baseline's by at most 0.5 %. To keep the ratios honest on
 shared machine, the paths run interleaved: each chunk of 64 images goes through
 every path before the next chunk, so a change of load hits all paths alike.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/fid_speed.py --json            # ~8 min on 2 busy cores
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/fid_speed.py --n 64 --paths fast-bf16 --json
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/fid_speed.py --json   # 8 paths x 256 images: ~14 min on 2 busy cores
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/fid_speed.py --n 384 --threads 1 --paths fast-bf16 --json
 
 Paths: ``baseline`` (the code before: torch-fidelity's gather resize, NCHW, float32,
 batch 64), each speed-up alone at batch 64, then the combinations at batch 16
-(``fast-float32`` is what ``eval.precision: float32`` runs, ``fast-bf16`` what
-``auto`` runs on a CPU with native bf16) and ``fast-bf16`` on one thread.
+(``fast-float32``: ``eval.precision: float32`` at batch 16; ``fast-bf16-b64``: what
+``auto`` runs on a CPU with native bf16 at the default batch 64) and ``fast-bf16`` on
+one thread.
 Preprocessing (uint8 -> float, resize 28 -> 299) is timed on its own too.
 """
 
@@ -60,8 +61,8 @@ PATHS = [
     Path("bf16", "bf16 autocast", 64, precision="bf16"),
     Path("fast-float32", "matmul resize + channels-last, batch 16 (eval.precision=float32)", 16,
          resize="matmul", channels_last=True),
-    Path("fast-bf16-b64", "matmul resize + channels-last + bf16, batch 64", 64, "bf16", "matmul", True),
-    Path("fast-bf16", "matmul resize + channels-last + bf16, batch 16 (eval.precision=auto here)", 16,
+    Path("fast-bf16-b64", "matmul resize + channels-last + bf16, batch 64 (eval.precision=auto here)", 64, "bf16", "matmul", True),
+    Path("fast-bf16", "matmul resize + channels-last + bf16, batch 16", 16,
          "bf16", "matmul", True),
     Path("fast-bf16-1thread", "fast-bf16 on one intra-op thread", 16, "bf16", "matmul", True, threads=1),
 ]  # fmt: skip
@@ -106,9 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=128, help="images per set (rounded up to a multiple of 64)")
     parser.add_argument("--paths", nargs="*", default=None, help="subset of path names (baseline always runs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for every path")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     n = -(-args.n // CHUNK) * CHUNK
+    if args.threads:
+        torch.set_num_threads(args.threads)
     paths = [p for p in PATHS if args.paths is None or p.name == "baseline" or p.name in args.paths]
     train = load_dataset(DataConfig(name="mnist", split="train", limit=n)).data
     test = load_dataset(DataConfig(name="mnist", split="test", limit=n)).data
@@ -145,7 +149,7 @@ def main() -> None:
     best = max(passing, key=lambda r: r["images_per_s"])
     bf16, why = cpu_has_fast_bf16()
     report = {
-        "command": "benchmarks/fid_speed.py --n %d" % n,
+        "command": " ".join(["benchmarks/fid_speed.py", *sys.argv[1:]]),
         "n_per_set": n, "sets": "MNIST train[:n] vs MNIST test[:n]", "torch_threads": torch.get_num_threads(),
         "cpu_native_bf16": bf16, "cpu_bf16_reason": why, "load_avg_1min": _loadavg(),
         "wall_s": time.perf_counter() - t_start, "tolerance": TOLERANCE, "paths": rows,

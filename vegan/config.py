@@ -177,10 +177,7 @@ class EvalConfig(_Config):
     )
     kid_subset_size: int = Field(1000, ge=2)
     pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
-    batch_size: int = Field(
-        16, ge=1, description="Images per feature-extraction chunk (bounds memory; 16 is faster per image "
-        "than 64 for TF-Inception on CPU, see docs/BENCHMARKS.md)."
-    )
+    batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
     precision: Literal["auto", "float32", "bf16"] = Field(
         "auto",
         description="TF-Inception arithmetic: auto (bf16 autocast where the CPU has native bf16, i.e. "
