@@ -407,6 +407,7 @@ def test_fast_inception_paths_agree_with_the_exact_path(inception_available, mni
     assert torch.nn.functional.cosine_similarity(feats["bf16"], exact).min() > 0.998
 
 
+@pytest.mark.slow  # ~75 s on 2 busy cores: two FIDs of 2048-d features (sqrtm), not the 16 images
 def test_inception_reference_and_set_features_cached_per_precision(inception_available, mnist_test, tmp_path,
                                                                    monkeypatch):  # fmt: skip
     """The second evaluation runs no image through Inception: the reference and the set come from the cache;
