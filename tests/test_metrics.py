@@ -18,6 +18,7 @@ from vegan.metrics import (
     evaluate_sets,
     extract_features,
     feature_space,
+    fidelity,
     grid_metrics,
     prdc,
     reference_features,
@@ -351,3 +352,81 @@ def test_download_failure_of_torch_fidelity_extractor_points_to_offline_options(
     monkeypatch.setattr(tfi, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match="inception-tf"):
         feature_space(EvalConfig(extractor="inception-v3-compat"))
+
+
+# ------------------------------------------------ inception speed-ups (issue 15)
+def test_matmul_resize_matches_tensorflow_gather_resize():
+    """The separable matrix resize is TF1's bilinear resize, rounding aside, for any input size. The gather
+    version computes sampling positions in float32 (position error up to ~3e-5 pixel at 299 columns), ours in
+    float64: 1e-2 on the 0-255 scale bounds both roundings."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((28, 28), (8, 8), (32, 20), (299, 299), (400, 300)):
+        x = torch.randint(0, 256, (2, 3, h, w), generator=g).float()
+        exact = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+        torch.testing.assert_close(ex.resize_tf1(x, 299, "matmul"), exact, atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="unknown resize method 'cubic'"):
+        ex.resize_tf1(x, 299, "cubic")
+
+
+def test_precision_resolution_follows_the_cpu(monkeypatch):
+    fast, why = ex.cpu_has_fast_bf16()
+    assert ex.resolve_precision("auto", "cpu")[0] == ("bf16" if fast else "float32")
+    assert why in ex.resolve_precision("auto", "cpu")[1]  # the reason is visible in FeatureSpace.info
+    assert ex.resolve_precision("float32", "cpu")[0] == "float32"
+    assert ex.resolve_precision("auto", "cuda")[0] == "float32"  # GPUs: exact path
+    monkeypatch.setattr(ex, "cpu_has_fast_bf16", lambda: (False, "no native bf16 here"))
+    assert ex.resolve_precision("auto", "cpu") == ("float32", "auto: float32 because no native bf16 here")
+    assert ex.resolve_precision("bf16", "cpu")[0] == "bf16"  # forced: honoured, with a warning
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        ex.resolve_precision("fp8")
+    with pytest.raises(ValueError, match="precision"):
+        EvalConfig(precision="fp8")
+
+
+def test_fast_inception_paths_agree_with_the_exact_path(inception_available, mnist_test):
+    """Tolerances: matmul resize + channels-last change only rounding (relative feature error < 1e-4);
+    bf16 autocast changes features by ~2 % (measured 1.5-2.1 %; < 5 % asserted), which moves FID by
+    far less than 0.5 % on the benchmark sets (benchmarks/fid_speed.py)."""
+    x = mnist_test.data[:4]
+    feats = {}
+    for name, kwargs in {"exact": {}, "fast-float32": dict(resize="matmul", channels_last=True),
+                         "bf16": dict(resize="matmul", channels_last=True, precision="bf16")}.items():  # fmt: skip
+        extractor = ex.InceptionTFOffline(ex.INCEPTION_TF_OFFLINE, ["2048"], **kwargs)
+        with torch.no_grad():
+            (feats[name],) = extractor(fidelity.to_extractor_input(x))
+    exact = feats["exact"]
+
+    def rel(f):
+        return float((f - exact).norm() / exact.norm())
+
+    assert x.shape == (4, 1, 28, 28) and exact.shape == (4, 2048)
+    assert rel(feats["fast-float32"]) < 1e-4
+    assert 0 < rel(feats["bf16"]) < 0.05
+    assert torch.nn.functional.cosine_similarity(feats["bf16"], exact).min() > 0.998
+
+
+@pytest.mark.slow  # ~75 s on 2 busy cores: two FIDs of 2048-d features (sqrtm), not the 16 images
+def test_inception_reference_and_set_features_cached_per_precision(inception_available, mnist_test, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    """The second evaluation runs no image through Inception: the reference and the set come from the cache;
+    bf16 and float32 features live under different keys, so neither is ever served for the other."""
+    n = 8
+    real, gen = mnist_test.data[:n], mnist_test.data[n : 2 * n]
+    cfg = EvalConfig(extractor="inception-tf", n_samples=n, batch_size=n, kid_subset_size=n, precision="auto")
+    cache = Storage(str(tmp_path))
+    calls = []
+    forward = ex.InceptionTFOffline.forward
+    monkeypatch.setattr(ex.InceptionTFOffline, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    first = evaluate_sets(real, {"g": gen}, cfg, cache=cache, progress=False)
+    assert sum(calls) == 2 * n
+    calls.clear()
+    again = evaluate_sets(real, {"g": gen}, cfg, cache=cache, progress=False)
+    assert sum(calls) == 0 and again == first
+    spaces = {p: feature_space(cfg.model_copy(update={"precision": p})) for p in ("float32", "bf16")}
+    assert spaces["float32"].fingerprint != spaces["bf16"].fingerprint
+    assert spaces["bf16"].fingerprint.endswith("-bf16") and spaces["bf16"].info["precision"] == "bf16"
+    _, hit = reference_features(real, spaces[feature_space(cfg).info["precision"]], tensor_hash(real) + f"-n{n}",
+                                cache)  # fmt: skip
+    assert hit and sum(calls) == 0

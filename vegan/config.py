@@ -180,6 +180,12 @@ class EvalConfig(_Config):
     kid_subset_size: int = Field(1000, ge=2)
     pr_k: int = Field(3, ge=1, description="Neighbourhood size for precision/recall/density/coverage.")
     batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
+    precision: Literal["auto", "float32", "bf16"] = Field(
+        "auto",
+        description="TF-Inception arithmetic: auto (bf16 autocast where the CPU has native bf16, i.e. "
+        "avx512_bf16 or AMX; float32 elsewhere and on GPUs), float32 (the exact path), bf16. bf16 changes FID "
+        "by well under 0.5% (docs/BENCHMARKS.md); its reference features are cached apart from float32 ones.",
+    )
     domain_steps: int = Field(300, ge=1, description="Training steps of the domain / selfsup classifier.")
     domain_max_examples: int = Field(
         10_000, ge=2, description="Training-split examples of the domain / selfsup classifier."

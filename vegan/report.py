@@ -281,6 +281,8 @@ def protocol_markdown(
         lines.append("- Vector data: mode coverage and sample quality on the grid; no feature extractor.")
     else:
         lines.append(f"- Feature extractor: `{extractor['extractor']}` ({extractor.get('extractor_reason', '')}).")
+        if "precision" in extractor:
+            lines.append(f"- Extractor arithmetic: {extractor['precision']} ({extractor.get('precision_reason', '')}).")
         if "classifier_task" in extractor:
             task = "class labels" if extractor["classifier_task"] == "labels" else "rotation prediction, no labels"
             seen = (

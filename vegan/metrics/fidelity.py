@@ -5,8 +5,11 @@ functions instead of calling ``calculate_metrics`` on datasets, for two reasons:
 
 * torch-fidelity caches reference statistics under a *name* in a local folder;
   ours are cached in a :class:`~vegan.storage.Storage` (local or S3) under the
-  content hash of the data and the identity of the extractor weights, so
-  changed data or weights can never reuse stale statistics;
+  content hash of the data and the identity of the extractor weights (and,
+  for TF-Inception, a bf16 precision), so changed data, weights or precision
+  can never reuse stale statistics. With TF-Inception the features of every
+  scored set are cached the same way (``set-features/``): at ~0.1 s per image a
+  10k-image evaluation that stops half-way resumes without redoing finished sets;
 * images stream through the extractor in chunks (uint8 at native size until a
   chunk is resized to 299x299 inside the extractor), optionally on dask
   workers, so memory is bounded by ``batch_size`` and never by the set size.
@@ -41,6 +44,7 @@ from vegan.metrics.extractors import (
     choose_extractor,
     load_inception,
     load_or_train_domain_classifier,
+    resolve_precision,
 )
 from vegan.metrics.prdc import prdc
 from vegan.storage import Storage
@@ -126,7 +130,12 @@ def feature_space(
         if cfg.inception_path:
             kwargs["feature_extractor_weights_path"] = cfg.inception_path
         _, digest = load_inception(cfg.inception_path)  # fails early, naming the path
-        fingerprint = f"{name}-{digest}"
+        precision, why_precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+        # matmul resize and channels-last change features by ~1e-6 (rounding only): both precisions use them.
+        kwargs.update(precision=precision, resize="matmul", channels_last=True)
+        info.update(precision=precision, precision_reason=why_precision)
+        # bf16 features are not float32 ones: cached apart (float32 keeps the key it always had).
+        fingerprint = f"{name}-{digest}" + ("" if precision == "float32" else f"-{precision}")
     else:  # a torch-fidelity extractor: its name pins its (downloaded) weights
         fingerprint = name
     layer = cls.get_default_feature_layer_for_metric("fid")
@@ -208,17 +217,34 @@ def reference_features(
     """Features of the reference set, cached per (data hash, extractor fingerprint, layer).
 
     Returns ``(features, loaded_from_cache)``. ``data_hash`` must identify the
-    content of ``real``; it is never a dataset name.
+    content of ``real``; it is never a dataset name. The fingerprint holds the
+    extractor's weights digest and, for TF-Inception, a non-float32 precision, so
+    the 10k test-set features are computed once per extractor and settings and
+    then reused by every run and set sharing the cache.
     """
-    rels = {layer: f"reference-features/{data_hash}/{space.fingerprint}/{layer}.pt" for layer in space.layers}
+    return _cached_features(real, space, data_hash, cache, batch_size, client, progress, "reference features")
+
+
+def _cached_features(
+    x: torch.Tensor,
+    space: FeatureSpace,
+    data_hash: str,
+    cache: Storage | None,
+    batch_size: int,
+    client,
+    progress: bool,
+    desc: str,
+    folder: str = "reference-features",
+) -> tuple[dict[str, torch.Tensor], bool]:
+    rels = {layer: f"{folder}/{data_hash}/{space.fingerprint}/{layer}.pt" for layer in space.layers}
     if cache is not None and all(cache.exists(r) for r in rels.values()):
         blobs = {layer: cache.load_torch(r) for layer, r in rels.items()}
-        if all(b["n"] == len(real) for b in blobs.values()):
+        if all(b["n"] == len(x) for b in blobs.values()):
             return {layer: b["features"] for layer, b in blobs.items()}, True
-    feats = extract_features(real, space, batch_size, client, progress, desc="reference features")
+    feats = extract_features(x, space, batch_size, client, progress, desc=desc)
     if cache is not None:
         for layer, rel in rels.items():
-            cache.save_torch(rel, {"features": feats[layer], "n": len(real), "data_hash": data_hash,
+            cache.save_torch(rel, {"features": feats[layer], "n": len(x), "data_hash": data_hash,
                                    "extractor": space.fingerprint, "layer": layer})  # fmt: skip
     return feats, False
 
@@ -298,6 +324,12 @@ def evaluate_sets(
             raise ValueError(
                 f"set {name!r} has examples of shape {tuple(x.shape[1:])}, reference {tuple(real.shape[1:])}"
             )
-        gen = extract_features(x[: cfg.n_samples], space, cfg.batch_size, client, progress, desc=name)
+        x = x[: cfg.n_samples]
+        if cache is None or space.fingerprint.startswith(TRAINED):  # cheap features: not worth the storage
+            gen = extract_features(x, space, cfg.batch_size, client, progress, desc=name)
+        else:  # TF-Inception: an interrupted 10k-image evaluation resumes without redoing finished sets
+            gen, hit = _cached_features(x, space, f"{tensor_hash(x)}-n{len(x)}", cache, cfg.batch_size, client,
+                                        progress, name, folder="set-features")  # fmt: skip
+            log.info("features of set %r %s", name, "loaded from cache" if hit else "computed")
         out[name] = compare_features(ref, gen, space, cfg)
     return out
