@@ -49,9 +49,17 @@ def _grid2d(args) -> list[dict]:
     for thr in THRESHOLDS:
         out = generate(y, ot, n=args.n, k=8, angle_threshold=thr, seed=1, centroids=centroids, progress=False)
         m = grid_metrics(out.codes)
-        rows.append({"problem": "grid2d", "threshold_deg": thr, "rejection_rate": out.rejection_rate,
-                     "modes_covered": m["modes_covered"], "high_quality": m["high_quality"],
-                     "off_mode": 1 - m["high_quality"], "reverse_kl": m["reverse_kl"]})
+        rows.append(
+            {
+                "problem": "grid2d",
+                "threshold_deg": thr,
+                "rejection_rate": out.rejection_rate,
+                "modes_covered": m["modes_covered"],
+                "high_quality": m["high_quality"],
+                "off_mode": 1 - m["high_quality"],
+                "reverse_kl": m["reverse_kl"],
+            }
+        )
     return rows
 
 
@@ -71,21 +79,29 @@ def _mnist(args) -> list[dict]:
     decoder = run.model.decoder.eval()
     cfg_eval = cfg.eval.model_copy(update={"n_samples": args.n})
     evaluate_fn = make_evaluate_fn(cfg.data, cfg_eval, cache=store.sub("cache"))
-    centroids, _ = estimate_centroids(ot.scale_codes(codes), ot.h, cfg.generate.centroid_samples, seed=0,
-                                      source=ot.source, progress=False)
+    centroids, _ = estimate_centroids(
+        ot.scale_codes(codes), ot.h, cfg.generate.centroid_samples, seed=0, source=ot.source, progress=False
+    )
     rows, sets, rejection = [], {}, {}
     for thr in THRESHOLDS:
-        out = generate(codes, ot, n=args.n, k=cfg.generate.k, angle_threshold=thr, seed=1, centroids=centroids,
-                       progress=False)
+        out = generate(
+            codes, ot, n=args.n, k=cfg.generate.k, angle_threshold=thr, seed=1, centroids=centroids, progress=False
+        )
         with torch.no_grad():
             sets[f"{thr:g}"] = decoder(torch.from_numpy(out.codes)).clamp(0, 1)
         rejection[f"{thr:g}"] = out.rejection_rate
     metrics = evaluate_fn(sets)
     for thr in THRESHOLDS:
         m = metrics[f"{thr:g}"]
-        rows.append({"problem": "mnist", "threshold_deg": thr, "rejection_rate": rejection[f"{thr:g}"],
-                     **{k: m[k] for k in ("fid", "precision", "recall", "coverage") if k in m},
-                     "extractor": cfg.eval.extractor})
+        rows.append(
+            {
+                "problem": "mnist",
+                "threshold_deg": thr,
+                "rejection_rate": rejection[f"{thr:g}"],
+                **{k: m[k] for k in ("fid", "precision", "recall", "coverage") if k in m},
+                "extractor": cfg.eval.extractor,
+            }
+        )
     return rows
 
 

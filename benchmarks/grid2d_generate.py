@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import time
 
-
 from vegan.config import DataConfig
 from vegan.data import load_dataset
 from vegan.metrics.modes import grid_metrics
@@ -46,14 +45,18 @@ def main() -> None:
     y = load_dataset(DataConfig(name="grid2d", limit=args.n_codes, seed=args.seed)).data.numpy()
     t = time.perf_counter()
     ot = solve(y, max_iter=args.max_iter, lr=args.lr, n_samples=args.ot_samples, seed=args.seed, progress=False)
-    print(f"OT solve: {ot.iterations} iterations, {time.perf_counter() - t:.1f} s, "
-          f"marginal error max {ot.marginal_error['max']:.3g} l1 {ot.marginal_error['l1']:.3g}")
+    print(
+        f"OT solve: {ot.iterations} iterations, {time.perf_counter() - t:.1f} s, "
+        f"marginal error max {ot.marginal_error['max']:.3g} l1 {ot.marginal_error['l1']:.3g}"
+    )
     t = time.perf_counter()
     centroids, counts = estimate_centroids(
         ot.scale_codes(y), ot.h, args.centroid_samples, seed=args.seed, source=ot.source, progress=False
     )
-    print(f"centroids: {args.centroid_samples} samples, {time.perf_counter() - t:.1f} s, "
-          f"{int((counts == 0).sum())} empty cells")
+    print(
+        f"centroids: {args.centroid_samples} samples, {time.perf_counter() - t:.1f} s, "
+        f"{int((counts == 0).sum())} empty cells"
+    )
 
     variants = [
         ("plain OT map (k=1)", dict(k=1, angle_threshold=1e9)),
@@ -65,8 +68,10 @@ def main() -> None:
         t = time.perf_counter()
         out = generate(y, ot, n=args.n, seed=args.seed + 1, centroids=centroids, progress=False, **kw)
         m = grid_metrics(out.codes)
-        print(f"{name:<36} {m['modes_covered']:>5} {m['modes_covered_strict']:>6} {m['high_quality']:>7.3f} "
-              f"{m['reverse_kl']:>7.4f} {out.rejection_rate:>7.3f} {time.perf_counter() - t:>6.1f}")
+        print(
+            f"{name:<36} {m['modes_covered']:>5} {m['modes_covered_strict']:>6} {m['high_quality']:>7.3f} "
+            f"{m['reverse_kl']:>7.4f} {out.rejection_rate:>7.3f} {time.perf_counter() - t:>6.1f}"
+        )
 
 
 if __name__ == "__main__":

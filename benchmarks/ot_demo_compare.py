@@ -37,8 +37,12 @@ def shared_check(res, codes: np.ndarray, n_samples: int) -> dict:
     nu = np.full(len(codes), 1 / len(codes))
     err = np.abs(w - nu)
     n = len(codes)
-    return {"max": float((err / nu).max()), "l1": float(err.sum()), "n_samples": k * 4096,
-            "noise_on_max": math.sqrt(2 * math.log(2 * n)) * math.sqrt(n / (k * 4096))}
+    return {
+        "max": float((err / nu).max()),
+        "l1": float(err.sum()),
+        "n_samples": k * 4096,
+        "noise_on_max": math.sqrt(2 * math.log(2 * n)) * math.sqrt(n / (k * 4096)),
+    }
 
 
 def main() -> None:
@@ -50,16 +54,23 @@ def main() -> None:
     args = ap.parse_args()
     codes = np.load(args.codes).astype(np.float64)
     if args.which == "old":
-        kw = dict(n_samples=20000, max_samples=81920, max_iter=300, tol=0.8, eval_every=50,
-                  eval_samples=1000000, lr=0.01)
+        kw = dict(
+            n_samples=20000, max_samples=81920, max_iter=300, tol=0.8, eval_every=50, eval_samples=1000000, lr=0.01
+        )
     else:
         kw = dict(tol=0.3)
     t = time.perf_counter()
     res = solve(codes, progress=False, **kw)
     seconds = time.perf_counter() - t
-    out = {"which": args.which, "settings": kw, "solve_seconds": seconds, "iterations": res.iterations,
-           "converged": bool(res.converged), "own_check": res.marginal_error,
-           "shared_check": shared_check(res, codes, args.check_samples)}
+    out = {
+        "which": args.which,
+        "settings": kw,
+        "solve_seconds": seconds,
+        "iterations": res.iterations,
+        "converged": bool(res.converged),
+        "own_check": res.marginal_error,
+        "shared_check": shared_check(res, codes, args.check_samples),
+    }
     with open(args.out, "w") as f:
         json.dump(out, f)
     print(json.dumps(out))

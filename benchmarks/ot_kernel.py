@@ -71,8 +71,10 @@ def precision_reason(d: int) -> str:
         return f"auto -> {pick}: d = {d} < 48, where the wider bf16 margin costs more than the GEMM saves"
     if cpu_has_fast_bf16():
         return "auto -> screened: the CPU has AMX bf16 tiles (amx_bf16 in /proc/cpuinfo)"
-    return ("auto -> float32: no AMX (amx_bf16 absent from /proc/cpuinfo); AVX-512 bf16 alone runs bf16 "
-            "GEMMs at about the fp32 rate (see peak_gflops), so screening would not pay")
+    return (
+        "auto -> float32: no AMX (amx_bf16 absent from /proc/cpuinfo); AVX-512 bf16 alone runs bf16 "
+        "GEMMs at about the fp32 rate (see peak_gflops), so screening would not pay"
+    )
 
 
 def naive(x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, precision: str = "float32") -> torch.Tensor:
@@ -168,8 +170,10 @@ def main() -> None:
     repeats = 1 if args.quick else 3
     sizes = [(100_000, 8192 if args.quick else 16384), (1_000_000, 4096 if args.quick else 8192)]
     size = 2048 if args.quick else 4096
-    result = {"peak_gflops": {p: peak_gflops(size, repeats + 1, p) for p in ("float32", "screened")},
-              "threads": torch.get_num_threads()}
+    result = {
+        "peak_gflops": {p: peak_gflops(size, repeats + 1, p) for p in ("float32", "screened")},
+        "threads": torch.get_num_threads(),
+    }
     runs = []
     for n, samples in sizes:  # single-process figures first, with no Dask processes alive
         r = bench_n(n, samples, repeats)
@@ -195,18 +199,24 @@ def main() -> None:
         print(json.dumps(result))
         return
     pk = result["peak_gflops"]
-    print(f"GEMM peak (torch.mm, square): fp32 {pk['float32']:.1f}, on bf16 units {pk['screened']:.1f} GFLOP/s "
-          f"on {result['threads']} threads")
+    print(
+        f"GEMM peak (torch.mm, square): fp32 {pk['float32']:.1f}, on bf16 units {pk['screened']:.1f} GFLOP/s "
+        f"on {result['threads']} threads"
+    )
     for r in runs:
-        print(f"n={r['n']:>9,} d={r['d']} N={r['samples']}: kernel ({r['precision']}) {r['kernel_gflops']:.1f} "
-              f"GFLOP/s ({r['frac_of_same_precision_peak']:.2f} of the same-precision peak), float32 "
-              f"{r['float32_gflops']:.1f} ({r['float32_frac_of_same_precision_peak']:.2f}), naive "
-              f"{r['naive_gflops']:.1f} -> {r['speedup_vs_naive']:.2f}x; {r['precision_reason']}")
+        print(
+            f"n={r['n']:>9,} d={r['d']} N={r['samples']}: kernel ({r['precision']}) {r['kernel_gflops']:.1f} "
+            f"GFLOP/s ({r['frac_of_same_precision_peak']:.2f} of the same-precision peak), float32 "
+            f"{r['float32_gflops']:.1f} ({r['float32_frac_of_same_precision_peak']:.2f}), naive "
+            f"{r['naive_gflops']:.1f} -> {r['speedup_vs_naive']:.2f}x; {r['precision_reason']}"
+        )
         if "dask_efficiency" in r:
-            print(f"   dask: iteration {r['dask_iteration_s']:.2f}s vs local {r['local_2threads_s']:.2f}s "
-                  f"-> efficiency {r['dask_efficiency']:.2f}; 1 worker {r['dask_1worker_iteration_s']:.2f}s -> "
-                  f"scaling {r['dask_scaling']:.2f}; first iteration {r['dask_first_iteration_s']:.2f}s, "
-                  f"scatter {r['dask_scatter_s']:.2f}s; worker RSS {r['worker_rss_mb']} MB")
+            print(
+                f"   dask: iteration {r['dask_iteration_s']:.2f}s vs local {r['local_2threads_s']:.2f}s "
+                f"-> efficiency {r['dask_efficiency']:.2f}; 1 worker {r['dask_1worker_iteration_s']:.2f}s -> "
+                f"scaling {r['dask_scaling']:.2f}; first iteration {r['dask_first_iteration_s']:.2f}s, "
+                f"scatter {r['dask_scatter_s']:.2f}s; worker RSS {r['worker_rss_mb']} MB"
+            )
     print(f"driver peak RSS: {result['peak_rss_mb']:.0f} MB")
 
 

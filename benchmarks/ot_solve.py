@@ -118,11 +118,15 @@ def run_newton(problem: OTProblem, curve: Curve, budget: float, tol: float) -> d
         t = time.perf_counter()
         state = solver.step(state, problem, evaluate)
         spent += time.perf_counter() - t
-        curve.maybe(spent, lambda: state.h_out, force=solver.done(state))
+        curve.maybe(spent, lambda state=state: state.h_out, force=solver.done(state))
     if curve.points[-1]["seconds"] != spent:
         curve.maybe(spent, lambda: state.h_out, force=True)
-    return {"iterations": state.iteration, "converged": solver.done(state), "own_check": state.last_eval,
-            "samples_per_iteration_last": state.history[-1]["n_samples"]}
+    return {
+        "iterations": state.iteration,
+        "converged": solver.done(state),
+        "own_check": state.last_eval,
+        "samples_per_iteration_last": state.history[-1]["n_samples"],
+    }
 
 
 def run_pyomt(problem: OTProblem, curve: Curve, budget: float, lr: float = 1e-2, batch: int = 1 << 16) -> dict:
@@ -157,7 +161,7 @@ def run_pyomt(problem: OTProblem, curve: Curve, budget: float, lr: float = 1e-2,
         if stall >= 30:
             batch, best, stall = 2 * batch, math.inf, 0
         spent += time.perf_counter() - t
-        curve.maybe(spent, lambda: h)
+        curve.maybe(spent, lambda h=h: h)
         if np.linalg.norm(grad) < stop:
             break
     curve.maybe(spent, lambda: h, force=True)
@@ -171,8 +175,10 @@ def run_pot(problem: OTProblem, curve: Curve, budget: float, max_bytes: float) -
         return {"skipped": "POT (pot) is not installed"}
     n_source = 100 * problem.n
     if n_source * problem.n * 8 > max_bytes:
-        return {"skipped": f"100 source points per cell needs a dense {n_source} x {problem.n} float64 cost "
-                           f"matrix ({n_source * problem.n * 8 / 2**30:.1f} GiB > --pot-max-bytes)"}
+        return {
+            "skipped": f"100 source points per cell needs a dense {n_source} x {problem.n} float64 cost "
+            f"matrix ({n_source * problem.n * 8 / 2**30:.1f} GiB > --pot-max-bytes)"
+        }
     from scipy.stats import qmc
 
     ys = problem.y.astype(np.float64)
@@ -184,8 +190,9 @@ def run_pot(problem: OTProblem, curve: Curve, budget: float, max_bytes: float) -
     curve.maybe(0.0, lambda: voronoi_potential(problem.y), force=True)
     while spent < budget:
         t = time.perf_counter()
-        v = ot.stochastic.averaged_sgd_entropic_transport(a, problem.nu, cost, reg, numItermax=iters, lr=1.0,
-                                                          random_state=0)
+        v = ot.stochastic.averaged_sgd_entropic_transport(
+            a, problem.nu, cost, reg, numItermax=iters, lr=1.0, random_state=0
+        )
         spent += time.perf_counter() - t  # each point is a fresh run of `iters` steps; time = that run
         curve.points.append({"seconds": time.perf_counter() - t, **curve.check(v - 0.5 * (ys**2).sum(1))})
         iters *= 2
@@ -209,13 +216,20 @@ def run_ott(problem: OTProblem, curve: Curve, budget: float, lr: float = 1e-2, b
     ys = jnp.asarray(problem.y)
     geom = SemidiscretePointCloud(sampler, ys, epsilon=0.0)
     prob = SemidiscreteLinearProblem(geom, b=jnp.asarray(problem.nu, dtype=jnp.float32))
-    solver = SemidiscreteSolver(num_iterations=1_000_000, batch_size=batch, optimizer=optax.adam(lr),
-                                error_eval_every=1_000_000)
+    solver = SemidiscreteSolver(
+        num_iterations=1_000_000, batch_size=batch, optimizer=optax.adam(lr), error_eval_every=1_000_000
+    )
     # OTT's cost is |x - y|^2: its g maps to our h as h = (g - |y|^2) / 2; start at our Voronoi h.
     g0 = jnp.zeros(problem.n, dtype=jnp.float32)
     state = SemidiscreteState(
-        it=jnp.array(0), epsilon=jnp.nan, g=g0, g_ema=g0, opt_state=solver.optimizer.init(g0),
-        losses=jnp.full((8,), jnp.inf), grad_norms=jnp.full((8,), jnp.inf), errors=jnp.full((1,), jnp.inf),
+        it=jnp.array(0),
+        epsilon=jnp.nan,
+        g=g0,
+        g_ema=g0,
+        opt_state=solver.optimizer.init(g0),
+        losses=jnp.full((8,), jnp.inf),
+        grad_norms=jnp.full((8,), jnp.inf),
+        errors=jnp.full((1,), jnp.inf),
     )
     step = jax.jit(lambda rng, st: solver.step(rng, st, prob))
     y2 = (problem.y.astype(np.float64) ** 2).sum(1)
@@ -232,7 +246,7 @@ def run_ott(problem: OTProblem, curve: Curve, budget: float, lr: float = 1e-2, b
         state.g.block_until_ready()
         it += 1
         spent += time.perf_counter() - t
-        curve.maybe(spent, lambda: h_of(state))
+        curve.maybe(spent, lambda state=state: h_of(state))
     curve.maybe(spent, lambda: h_of(state), force=True)
     return {"iterations": it, "batch": batch, "lr": lr, "potential": "g_ema (OTT's default EMA 0.99)"}
 
@@ -260,13 +274,23 @@ def plot(results: list[dict], path: str) -> None:
     for ax, res in zip(axes[0], results):
         for name, r in res["solvers"].items():
             if r.get("curve"):
-                ax.plot([max(p["seconds"], 0.1) for p in r["curve"]], [p["max"] for p in r["curve"]],
-                        marker="o", ms=3, label=name)
+                ax.plot(
+                    [max(p["seconds"], 0.1) for p in r["curve"]],
+                    [p["max"] for p in r["curve"]],
+                    marker="o",
+                    ms=3,
+                    label=name,
+                )
         ax.axhline(res["check_noise"], color="grey", ls=":", label="check noise")
         for thr in THRESHOLDS:
             ax.axhline(thr, color="k", lw=0.5)
-        ax.set(xscale="log", yscale="log", xlabel="solver wall seconds (2 shared CPU cores)",
-               ylabel="max relative cell error (shared fresh check)", title=res["problem"])
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="solver wall seconds (2 shared CPU cores)",
+            ylabel="max relative cell error (shared fresh check)",
+            title=res["problem"],
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -280,16 +304,22 @@ def main() -> None:
     ap.add_argument("--solvers", default="newton,pyomt,pot,ott")
     ap.add_argument("--budget", type=float, default=120.0, help="wall seconds per solver and problem")
     ap.add_argument("--tol", type=float, default=0.1, help="tolerance our solver stops at")
-    ap.add_argument("--check-noise", type=float, default=0.05,
-                    help="Monte Carlo noise of the shared check on the max relative error")
+    ap.add_argument(
+        "--check-noise",
+        type=float,
+        default=0.05,
+        help="Monte Carlo noise of the shared check on the max relative error",
+    )
     ap.add_argument("--pot-max-bytes", type=float, default=1.5e9)
     ap.add_argument("--plot", default="docs/img/ot_solve.png")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
-    runners = {"newton": lambda p, c: run_newton(p, c, args.budget, args.tol),
-               "pyomt": lambda p, c: run_pyomt(p, c, args.budget),
-               "pot": lambda p, c: run_pot(p, c, args.budget, args.pot_max_bytes),
-               "ott": lambda p, c: run_ott(p, c, args.budget)}
+    runners = {
+        "newton": lambda p, c: run_newton(p, c, args.budget, args.tol),
+        "pyomt": lambda p, c: run_pyomt(p, c, args.budget),
+        "pot": lambda p, c: run_pot(p, c, args.budget, args.pot_max_bytes),
+        "ott": lambda p, c: run_ott(p, c, args.budget),
+    }
     budgets = [args.budget / 8, args.budget / 4, args.budget / 2, args.budget]
     results = []
     for spec in args.problem or ["gmm:10000:32", "gmm:60000:16"]:
@@ -297,9 +327,15 @@ def main() -> None:
         problem = make_problem(y)
         n_check = int(math.ceil(noise_z(problem.n) ** 2 * problem.n / args.check_noise**2))
         check = SharedCheck(problem, n_check)
-        res = {"problem": name, "n": problem.n, "d": problem.d, "check_samples": check.k * SLICE,
-               "check_noise": noise_z(problem.n) * math.sqrt(problem.n / (check.k * SLICE)),
-               "budget_seconds": args.budget, "solvers": {}}
+        res = {
+            "problem": name,
+            "n": problem.n,
+            "d": problem.d,
+            "check_samples": check.k * SLICE,
+            "check_noise": noise_z(problem.n) * math.sqrt(problem.n / (check.k * SLICE)),
+            "budget_seconds": args.budget,
+            "solvers": {},
+        }
         for sname in args.solvers.split(","):
             curve = Curve(check)
             t = time.perf_counter()

@@ -88,15 +88,31 @@ def run_one(n: int, args) -> dict:
     model_path = str(work / "model.pt")
 
     def stage(name, seconds, items, **extra):
-        out["stages"][name] = {"seconds": round(seconds, 3), "items_per_s": round(items / seconds, 1),
-                               "driver_peak_rss_mib": round(peak_rss_mib(), 1), **extra}
-        print(f"[n={n}] {name}: {seconds:.2f} s, {items / seconds:,.0f}/s, driver peak {peak_rss_mib():.0f} MiB "
-              + " ".join(f"{k}={v}" for k, v in extra.items()), file=sys.stderr, flush=True)
+        out["stages"][name] = {
+            "seconds": round(seconds, 3),
+            "items_per_s": round(items / seconds, 1),
+            "driver_peak_rss_mib": round(peak_rss_mib(), 1),
+            **extra,
+        }
+        print(
+            f"[n={n}] {name}: {seconds:.2f} s, {items / seconds:,.0f}/s, driver peak {peak_rss_mib():.0f} MiB "
+            + " ".join(f"{k}={v}" for k, v in extra.items()),
+            file=sys.stderr,
+            flush=True,
+        )
 
     for workers in (2, 1) if n <= args.one_worker_max else (2,):
         tag = f"{workers}w"
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          memory_limit=args.memory_limit) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=args.memory_limit,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             client.run(torch.set_num_threads, 1)
             client.run(_mnist_uint8, None)  # every worker loads the 47 MB digit base once, before timing
             dest = data_url if workers == 2 else str(work / "data-1w.zarr")
@@ -122,8 +138,13 @@ def run_one(n: int, args) -> dict:
                     t = time.perf_counter()
                     for s in range(1, args.stream_steps + 1):
                         stream.batch(s)
-                    stage("stream", time.perf_counter() - t, 256 * args.stream_steps,
-                          chunk_reads=ds.reads - reads0, max_cached_chunks=stream.max_cached)
+                    stage(
+                        "stream",
+                        time.perf_counter() - t,
+                        256 * args.stream_steps,
+                        chunk_reads=ds.reads - reads0,
+                        max_cached_chunks=stream.max_cached,
+                    )
                 # A short AE run fed by the stream, then the encoder the workers load.
                 cfg = AEConfig(arch="conv", width=args.width, latent_dim=args.latent_dim, batch_size=128)
                 model = build_model(cfg, ds.shape)
@@ -133,15 +154,22 @@ def run_one(n: int, args) -> dict:
                     t = time.perf_counter()
                     for s in range(args.ae_steps):
                         model.train_step(stream.batch(s), opts, gen)
-                    stage("ae_short", time.perf_counter() - t, args.ae_steps * cfg.batch_size,
-                          steps=args.ae_steps)
-                torch.save({"state_dict": model.state_dict(), "shape": list(ds.shape), "config": cfg.model_dump()},
-                           model_path)
+                    stage("ae_short", time.perf_counter() - t, args.ae_steps * cfg.batch_size, steps=args.ae_steps)
+                torch.save(
+                    {"state_dict": model.state_dict(), "shape": list(ds.shape), "config": cfg.model_dump()}, model_path
+                )
 
             codes = str(work / f"codes-{tag}.zarr")
             t = time.perf_counter()
-            extract_latents(EncoderRef(model_path, device="cpu"), ds, codes, chunk_rows=args.chunk_rows,
-                            batch_size=512, progress=False, client=client)
+            extract_latents(
+                EncoderRef(model_path, device="cpu"),
+                ds,
+                codes,
+                chunk_rows=args.chunk_rows,
+                batch_size=512,
+                progress=False,
+                client=client,
+            )
             stage(f"latents_{tag}", time.perf_counter() - t, n)
             t = time.perf_counter()
             st = code_stats(codes, "cube", client=client)
@@ -171,8 +199,12 @@ def main() -> None:
     p.add_argument("--width", type=int, default=16, help="conv AE width")
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--png", type=int, default=4000, help="PNG files for the folder-ingest figure (0: skip)")
-    p.add_argument("--one-worker-max", type=float, default=1e6,
-                   help="skip the 1-worker figures above this N (they only repeat the 2-worker work, slower)")
+    p.add_argument(
+        "--one-worker-max",
+        type=float,
+        default=1e6,
+        help="skip the 1-worker figures above this N (they only repeat the 2-worker work, slower)",
+    )
     p.add_argument("--work", default=str(ROOT / ".cache" / "scale"))
     p.add_argument("--keep", action="store_true", help="keep the Zarr stores")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -184,18 +216,41 @@ def main() -> None:
         return
     results = []
     for i, n in enumerate(args.n):
-        cmd = [sys.executable, __file__, "--one", "--n", str(int(n)), "--chunk-rows", str(args.chunk_rows),
-               "--memory-limit", args.memory_limit, "--stream-steps", str(args.stream_steps),
-               "--ae-steps", str(args.ae_steps), "--width", str(args.width), "--latent-dim", str(args.latent_dim),
-               "--png", str(args.png), "--work", args.work, "--one-worker-max", str(args.one_worker_max)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--n",
+            str(int(n)),
+            "--chunk-rows",
+            str(args.chunk_rows),
+            "--memory-limit",
+            args.memory_limit,
+            "--stream-steps",
+            str(args.stream_steps),
+            "--ae-steps",
+            str(args.ae_steps),
+            "--width",
+            str(args.width),
+            "--latent-dim",
+            str(args.latent_dim),
+            "--png",
+            str(args.png),
+            "--work",
+            args.work,
+            "--one-worker-max",
+            str(args.one_worker_max),
+        ]
         cmd += (["--keep"] if args.keep else []) + (["--skip-png"] if i > 0 else [])
-        res = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        res = subprocess.run(
+            cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
         results.append(json.loads(res.stdout.strip().splitlines()[-1]))
     doc = {"benchmark": "scale", "results": results}
     if len(results) > 1:
         doc["driver_peak_rss_ratio_last_vs_first"] = round(
-            results[-1]["driver_peak_rss_mib"] / results[0]["driver_peak_rss_mib"], 3)
+            results[-1]["driver_peak_rss_mib"] / results[0]["driver_peak_rss_mib"], 3
+        )
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

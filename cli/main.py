@@ -160,11 +160,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     cluster = ClusterConfig(address=args.cluster, n_workers=args.n_workers)
     resize = parse_resize(args.resize)  # a bad --resize fails before any cluster starts
     with connect(cluster) as client:
-        info = ingest(args.src, args.dest, chunk_rows=args.chunk_rows, resize=resize, client=client,
-                      progress=not args.quiet, split=args.split, limit=args.limit)
-    print(f"{args.dest}: {info['n']} rows of shape {tuple(info['shape'][1:])} {info['dtype']}, "
-          f"{info['chunks_written']} chunks written, {info['chunks_skipped']} already done "
-          f"({info['seconds']:.1f} s)")
+        info = ingest(
+            args.src,
+            args.dest,
+            chunk_rows=args.chunk_rows,
+            resize=resize,
+            client=client,
+            progress=not args.quiet,
+            split=args.split,
+            limit=args.limit,
+        )
+    print(
+        f"{args.dest}: {info['n']} rows of shape {tuple(info['shape'][1:])} {info['dtype']}, "
+        f"{info['chunks_written']} chunks written, {info['chunks_skipped']} already done "
+        f"({info['seconds']:.1f} s)"
+    )
     return 0
 
 

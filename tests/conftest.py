@@ -41,8 +41,9 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
-        report.longrepr = f"skipped, but VEGAN_STRICT_SKIPS=1 requires every test to run: {_skip_reason(report)}\n" \
-                          f"({STRICT_HINT})"
+        report.longrepr = (
+            f"skipped, but VEGAN_STRICT_SKIPS=1 requires every test to run: {_skip_reason(report)}\n({STRICT_HINT})"
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -98,7 +99,13 @@ def s3_endpoint():
                 os.environ[k] = v
 
 
-_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL")
+_S3_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_ENDPOINT_URL",
+)
 
 
 @pytest.fixture

@@ -61,8 +61,9 @@ def test_address_is_validated_and_cluster_is_not_part_of_any_stage_key():
     with pytest.raises(ValidationError, match="cluster.address must be none, local or a scheduler URL"):
         ClusterConfig(address="localhost:8786")
     base = load_config("tiny")
-    moved = load_config("tiny", overrides=["cluster.address=tcp://10.0.0.1:8786", "cluster.n_workers=8",
-                                           "cluster.gpu_stages=[latents]"])
+    moved = load_config(
+        "tiny", overrides=["cluster.address=tcp://10.0.0.1:8786", "cluster.n_workers=8", "cluster.gpu_stages=[latents]"]
+    )
     assert moved.cluster.address == "tcp://10.0.0.1:8786"
     assert stage_keys(moved) == stage_keys(base)  # moving a run onto a cluster reuses what it computed
 
@@ -122,8 +123,9 @@ def test_vegan_ingest_writes_a_uint8_zarr_dataset_and_resumes(tmp_path):
 )
 def test_vegan_ingest_bad_input_is_one_clear_line(tmp_path, args, message):
     args = [str(tmp_path / "out.zarr") if a == "OUT" else a for a in args]
-    proc = subprocess.run([*CLI, "ingest", *args, "--quiet"], capture_output=True, text=True, timeout=120,
-                          env=ENV, cwd=ROOT)
+    proc = subprocess.run(
+        [*CLI, "ingest", *args, "--quiet"], capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vegan: error:") and message in lines[0], proc.stderr
@@ -134,11 +136,31 @@ def test_vegan_ingest_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_uint8_zarr_dataset_runs_until_generate_on_a_local_cluster(tmp_path):
     data = tmp_path / "mnist.zarr"
     assert _ingest(data, limit=2000, chunk_rows=500).returncode == 0
-    sets = [f"data.name={data}", "data.limit=null", "cluster.address=local", "cluster.n_workers=2",
-            "latents.chunk_rows=256", "ot.max_iter=20", "ot.n_samples=2048", "ot.eval_samples=8192",
-            "generate.centroid_samples=8192", "generate.n_samples=128"]
-    cmd = [*CLI, "run", "--no-prefect", "--quiet", "--preset", "tiny", "--storage", str(tmp_path / "run"),
-           "--until", "generate", *[a for s in sets for a in ("--set", s)]]
+    sets = [
+        f"data.name={data}",
+        "data.limit=null",
+        "cluster.address=local",
+        "cluster.n_workers=2",
+        "latents.chunk_rows=256",
+        "ot.max_iter=20",
+        "ot.n_samples=2048",
+        "ot.eval_samples=8192",
+        "generate.centroid_samples=8192",
+        "generate.n_samples=128",
+    ]
+    cmd = [
+        *CLI,
+        "run",
+        "--no-prefect",
+        "--quiet",
+        "--preset",
+        "tiny",
+        "--storage",
+        str(tmp_path / "run"),
+        "--until",
+        "generate",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -158,8 +180,9 @@ def test_uint8_zarr_dataset_runs_until_generate_on_a_local_cluster(tmp_path):
 
 # ----------------------------------------------- a worker killed mid-stage (real CLI processes)
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV, cwd=ROOT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, start_new_session=True
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -176,24 +199,49 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
     data = tmp_path / "mnist.zarr"
     assert _ingest(data, limit=12_000, chunk_rows=1000).returncode == 0
-    sets = [f"data.name={data}", "data.limit=null", "ae.steps=20", "ae.width=32", "latents.chunk_rows=200",
-            "latents.batch_size=50"]
+    sets = [
+        f"data.name={data}",
+        "data.limit=null",
+        "ae.steps=20",
+        "ae.width=32",
+        "latents.chunk_rows=200",
+        "latents.batch_size=50",
+    ]
     run_dir = tmp_path / "run"
     run_pipeline(load_config("tiny", overrides=sets), str(run_dir), until="ae", progress=False)
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    procs = [_start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                     "--no-dashboard"], tmp_path / "scheduler.log")]
+    procs = [
+        _start(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            tmp_path / "scheduler.log",
+        )
+    ]
     try:
         for i in range(2):
-            procs.append(_start([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
-                                 "--no-dashboard", "--name", f"w{i}"], tmp_path / f"worker{i}.log"))
+            procs.append(
+                _start(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        "--name",
+                        f"w{i}",
+                    ],
+                    tmp_path / f"worker{i}.log",
+                )
+            )
         cfg = load_config("tiny", overrides=[*sets, f"cluster.address={address}"])
         with connect(ClusterConfig(address=address)) as probe:
             probe.wait_for_workers(2, timeout=120)
-            victim = probe.run(os.getpid, workers=[w for w, info in probe.scheduler_info()["workers"].items()
-                                                    if info["name"] == "w0"])
+            victim = probe.run(
+                os.getpid, workers=[w for w, info in probe.scheduler_info()["workers"].items() if info["name"] == "w0"]
+            )
         victim_pid = next(iter(victim.values()))
 
         m = Manifest(Storage(str(run_dir)), cfg)
@@ -214,8 +262,12 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
             assert stage.is_alive() and time.time() < deadline, "the stage ended before a worker could be killed"
             time.sleep(0.01)
         done_before = sorted(int(p.name) for p in complete.iterdir())
-        finished = {p: p.stat().st_mtime_ns for c in done_before for p in (latents / "codes" / "c" / str(c)).rglob("*")
-                    if p.is_file()}
+        finished = {
+            p: p.stat().st_mtime_ns
+            for c in done_before
+            for p in (latents / "codes" / "c" / str(c)).rglob("*")
+            if p.is_file()
+        }
         os.kill(victim_pid, signal.SIGKILL)
         print(f"killed worker w0 (pid {victim_pid}) after {len(done_before)} of 60 chunks")
         stage.join(timeout=300)
@@ -232,8 +284,10 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
             assert p.stat().st_mtime_ns == mtime, f"finished chunk file {p} was rewritten"
         run = Run(cfg, str(run_dir), progress=False)
         np.testing.assert_allclose(run.codes, _local_codes(run), rtol=1e-4, atol=1e-5)
-        assert (np.asarray(zarr.open_group(run.zarr_store("latents", read_only=True), mode="r")["labels"][:])
-                == run.dataset.labels.numpy()).all()
+        assert (
+            np.asarray(zarr.open_group(run.zarr_store("latents", read_only=True), mode="r")["labels"][:])
+            == run.dataset.labels.numpy()
+        ).all()
     finally:
         for proc in reversed(procs):
             _stop(proc)

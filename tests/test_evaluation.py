@@ -48,7 +48,9 @@ def _rows(x: torch.Tensor) -> set[bytes]:
     return {r.tobytes() for r in x.contiguous().flatten(1).numpy()}
 
 
-@pytest.mark.parametrize("n_test, n_samples, n", [(360, 256, 180), (10000, 2000, 2000), (10000, 10000, 5000), (5, 9, 2)])
+@pytest.mark.parametrize(
+    "n_test, n_samples, n", [(360, 256, 180), (10000, 2000, 2000), (10000, 10000, 5000), (5, 9, 2)]
+)
 def test_held_out_split_gives_disjoint_reference_and_reconstructed_rows(n_test, n_samples, n):
     split = held_out_split(n_test, n_samples)
     ref, rec = set(split.reference.tolist()), set(split.reconstructed.tolist())

@@ -62,8 +62,14 @@ def test_runs_and_changes_the_weights(digits, loss):
 def test_content_loss_decreases(digits):
     x, paired, generated = digits
     res = finetune_decoder(
-        _decoder(), x, paired, generated, _cfg(steps=60, lr_g=3e-3, checkpoint_every=100),
-        width=8, progress=False, log_every=10,
+        _decoder(),
+        x,
+        paired,
+        generated,
+        _cfg(steps=60, lr_g=3e-3, checkpoint_every=100),
+        width=8,
+        progress=False,
+        log_every=10,
     )
     content = [h["content"] for h in res.history]
     pixel = [h["pixel"] for h in res.history]
@@ -138,7 +144,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeyp
 
     monkeypatch.setattr(gan, "_d_loss", nan_at_five)
     ckpt = CheckpointDir(Storage(str(tmp_path / "gan")))
-    with pytest.raises(TrainingError, match=r"AE-OT-GAN: non-finite loss d_loss=nan.* at step 5; last good checkpoint: step 4"):
+    with pytest.raises(
+        TrainingError, match=r"AE-OT-GAN: non-finite loss d_loss=nan.* at step 5; last good checkpoint: step 4"
+    ):
         _run(digits, _cfg(steps=6), checkpoints=ckpt)
     assert ckpt.steps() == [2, 4]
 

@@ -31,9 +31,17 @@ def _solve(y: np.ndarray, iters: int = 150, n_mc: int = 4000, lr: float = 0.03, 
         cell = (x @ ys.T + h.detach()).argmax(1)
         h.grad = torch.bincount(cell, minlength=len(y)).float() / n_mc - 1.0 / len(y)
         opt.step()
-    return OTResult(h=h.detach().double().numpy(), center=center, scale=scale, source="cube",
-                    nu=np.full(len(y), 1 / len(y)), history=[], converged=False, iterations=iters,
-                    marginal_error={})
+    return OTResult(
+        h=h.detach().double().numpy(),
+        center=center,
+        scale=scale,
+        source="cube",
+        nu=np.full(len(y), 1 / len(y)),
+        history=[],
+        converged=False,
+        iterations=iters,
+        marginal_error={},
+    )
 
 
 def _disk(n: int, center, radius: float, rng) -> np.ndarray:

@@ -31,8 +31,12 @@ def _folder(root, n_per_class=(5, 4), classes=("cat", "dog"), size=(6, 5)):
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="1GiB") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="1GiB"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 

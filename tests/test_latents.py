@@ -72,8 +72,9 @@ def test_extract_to_s3(s3_bucket):
     st = Storage(f"{url}/run", opts)
     info = extract_latents(encode, x, st.zarr_store("latents/k.zarr"), y, chunk_rows=200, progress=False)
     assert info["chunks_written"] == 3
-    np.testing.assert_allclose(load_codes(st.zarr_store("latents/k.zarr", read_only=True)), encode(x).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        load_codes(st.zarr_store("latents/k.zarr", read_only=True)), encode(x).numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def _saved_encoder(tmp_path, shape):
@@ -102,10 +103,27 @@ def test_dask_extraction_from_zarr_dataset_writes_chunks_on_workers(tmp_path):
     with torch.no_grad():
         want = model.encode(torch.from_numpy(x).float() / 255).numpy()
     store = str(tmp_path / "codes.zarr")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="1GiB", resources={"GPU": 1}) as cluster, Client(cluster) as client:
-        info = extract_latents(EncoderRef(path, device="cpu"), ds, store, chunk_rows=200, batch_size=64,
-                               progress=False, client=client, resources={"GPU": 1})
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit="1GiB",
+            resources={"GPU": 1},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        info = extract_latents(
+            EncoderRef(path, device="cpu"),
+            ds,
+            store,
+            chunk_rows=200,
+            batch_size=64,
+            progress=False,
+            client=client,
+            resources={"GPU": 1},
+        )
         assert info == {"n": 700, "dim": 4, "chunks": 4, "chunks_written": 4, "chunks_skipped": 0}
         # Every chunk was encoded on a worker (the driver never loaded the encoder).
         import importlib
@@ -115,8 +133,9 @@ def test_dask_extraction_from_zarr_dataset_writes_chunks_on_workers(tmp_path):
         loaded = client.run(lambda: len(importlib.import_module("vegan.latents")._ENCODERS))
         assert sum(loaded.values()) >= 1 and not _ENCODERS
         stats_dask = code_stats(store, "ball", client=client)
-        again = extract_latents(EncoderRef(path, device="cpu"), ds, store, chunk_rows=200, progress=False,
-                                client=client)
+        again = extract_latents(
+            EncoderRef(path, device="cpu"), ds, store, chunk_rows=200, progress=False, client=client
+        )
         assert again["chunks_written"] == 0 and again["chunks_skipped"] == 4
     np.testing.assert_allclose(load_codes(store, expected_dim=4), want, rtol=1e-5, atol=1e-5)
     assert np.array_equal(zarr.open_group(store, mode="r")["labels"][:], np.arange(700) % 3)
@@ -175,10 +194,17 @@ def test_a_worker_killed_mid_extraction_loses_nothing(tmp_path):
 
     store = str(tmp_path / "codes.zarr")
     result = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="1GiB") as cluster, Client(cluster) as client:
-        job = threading.Thread(target=lambda: result.update(extract_latents(
-            slow_encode, ds, store, chunk_rows=60, batch_size=60, progress=False, client=client)))
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="1GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        job = threading.Thread(
+            target=lambda: result.update(
+                extract_latents(slow_encode, ds, store, chunk_rows=60, batch_size=60, progress=False, client=client)
+            )
+        )
         job.start()
         deadline = time.time() + 60
         while time.time() < deadline:  # wait until some, not all, chunks are done
@@ -195,5 +221,6 @@ def test_a_worker_killed_mid_extraction_loses_nothing(tmp_path):
     assert not job.is_alive()
     assert 1 <= done < 8
     assert result["chunks"] == 8 and result["chunks_written"] + result["chunks_skipped"] == 8
-    np.testing.assert_allclose(load_codes(store), (torch.from_numpy(x).float() / 255).flatten(1).numpy() @ W.numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        load_codes(store), (torch.from_numpy(x).float() / 255).flatten(1).numpy() @ W.numpy(), rtol=1e-5, atol=1e-5
+    )

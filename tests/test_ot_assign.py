@@ -194,8 +194,10 @@ def test_cached_targets_follow_in_place_edits_and_new_offsets(precision):
     assert torch.equal(assign(x, y, h2, precision=precision), (x @ y.T + h2).argmax(1))
     y.mul_(-1)  # same tensor, new values: the cached screening copy must not be reused
     flipped = assign(x, y, h, precision=precision)
-    assert torch.equal(flipped, torch.where((x @ y.T + h) == (x @ y.T + h).max(1, keepdim=True).values,
-                                            torch.arange(100), 100).min(1).values)
+    assert torch.equal(
+        flipped,
+        torch.where((x @ y.T + h) == (x @ y.T + h).max(1, keepdim=True).values, torch.arange(100), 100).min(1).values,
+    )
     assert not torch.equal(flipped, first)
 
 

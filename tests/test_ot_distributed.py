@@ -20,9 +20,10 @@ KW = dict(progress=False, n_samples=8192, max_samples=32768, eval_samples=16384,
 @pytest.fixture(scope="module")
 def client():
     """A real 2-process LocalCluster (one thread each), created inside the test session."""
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster) as c:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as c,
+    ):
         yield c
 
 
@@ -93,10 +94,24 @@ def test_counting_tasks_land_on_gpu_workers(targets, single):
     import subprocess
     import sys
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  resources={"GPU": 1}) as cluster, distributed.Client(cluster) as c:
-        cpu_worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
-                                       "--nthreads", "1", "--no-dashboard"], stderr=subprocess.DEVNULL)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", resources={"GPU": 1}
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        cpu_worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                cluster.scheduler_address,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         try:
             c.wait_for_workers(2, timeout=60)
             gpu = [a for a, w in c.scheduler_info()["workers"].items() if w.get("resources", {}).get("GPU")]

@@ -111,8 +111,13 @@ def test_report_on_object_storage(s3_bucket):
 
 
 def test_protocol_states_roles_extractor_and_caveats():
-    info = {"extractor": "vegan-selfsup", "extractor_reason": "auto: the training data has no labels",
-            "classifier_task": "rotation", "classifier_train_examples": 500, "classifier_accuracy": 0.91}
+    info = {
+        "extractor": "vegan-selfsup",
+        "extractor_reason": "auto: the training data has no labels",
+        "classifier_task": "rotation",
+        "classifier_train_examples": 500,
+        "classifier_accuracy": 0.91,
+    }
     text = report.protocol_markdown(128, 360, 512, info)
     assert "examples 0 to 127" in text and "examples 128 to 255" in text
     assert "`vegan-selfsup` (auto: the training data has no labels)" in text

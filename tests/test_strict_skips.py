@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUITE = '''
+SUITE = """
 import pytest
 
 def test_runs():
@@ -27,7 +27,7 @@ def test_fixture_skips(needs_widget):
 @pytest.mark.xfail(reason="known bug", strict=True)
 def test_known_bug():
     assert False
-'''
+"""
 
 
 def _pytest(folder: Path, strict: bool) -> subprocess.CompletedProcess:

@@ -11,9 +11,9 @@ import torch
 from vegan.checkpoint import CheckpointDir
 from vegan.config import AEConfig, DataConfig
 from vegan.data import load_dataset
+from vegan.device import resolve_device
 from vegan.models import MODELS, build_model
 from vegan.storage import Storage
-from vegan.device import resolve_device
 from vegan.training import BatchIndices, TrainingError, TrainingInterrupted, train_model
 
 

@@ -84,12 +84,18 @@ def connect(cfg: ClusterConfig) -> Iterator["Client | None"]:
         threads = str(cfg.threads_per_worker)
         kwargs = {} if cfg.memory_limit is None else {"memory_limit": cfg.memory_limit}
         try:
-            cluster = LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
-                                   processes=True, dashboard_address=None,
-                                   env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, **kwargs)
+            cluster = LocalCluster(
+                n_workers=cfg.n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+                **kwargs,
+            )
         except Exception as exc:  # one clear error for a bad memory limit, no free port, ...
-            raise ClusterError(f"cannot start a local Dask cluster of {cfg.n_workers} workers: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            raise ClusterError(
+                f"cannot start a local Dask cluster of {cfg.n_workers} workers: {type(exc).__name__}: {exc}"
+            ) from exc
         client = Client(cluster)
         where = f"local cluster {cluster.scheduler_address}"
     else:

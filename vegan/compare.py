@@ -59,7 +59,9 @@ def compare_models(
     train: dict[str, dict] = {}
     for name in models:
         cfg = base.model_copy(update={"model": name})
-        key = config_hash({"ae": cfg.model_dump(mode="json", exclude=_RUN_ONLY), "data": data_cfg.model_dump(mode="json")})
+        key = config_hash(
+            {"ae": cfg.model_dump(mode="json", exclude=_RUN_ONLY), "data": data_cfg.model_dump(mode="json")}
+        )
         ckpt = CheckpointDir(out.sub(name, key), keep=cfg.keep_checkpoints)
         model = build_model(cfg, dataset.shape)
         res = train_model(model, dataset.data, cfg, ckpt, progress=progress)
@@ -79,8 +81,15 @@ def compare_models(
     if missing:
         raise ValueError(f"evaluate_fn returned no metrics for {', '.join(missing)}")
 
-    out.write_json("table.json", {"data": data_cfg.model_dump(mode="json"), "base": base.model_dump(mode="json"),
-                                  "train": train, "metrics": metrics})
+    out.write_json(
+        "table.json",
+        {
+            "data": data_cfg.model_dump(mode="json"),
+            "base": base.model_dump(mode="json"),
+            "train": train,
+            "metrics": metrics,
+        },
+    )
     out.write_text("table.md", markdown_table(models, train, metrics))
     out.write_bytes("samples.png", samples_png(samples, dataset.data))
     files = {name: out.uri(name) for name in ("table.md", "table.json", "samples.png")}
@@ -98,8 +107,13 @@ def markdown_table(models: list[str], train: dict[str, dict], metrics: dict[str,
     names = list(dict.fromkeys(k for m in models for k in metrics[m]))
     header = ["model", "steps", "train s", "final loss", *names]
     rows = [
-        [m, train[m]["steps"], train[m]["seconds"], f"{_fmt(train[m]['final_loss'])} ({train[m]['main_loss']})",
-         *(metrics[m].get(k) for k in names)]
+        [
+            m,
+            train[m]["steps"],
+            train[m]["seconds"],
+            f"{_fmt(train[m]['final_loss'])} ({train[m]['main_loss']})",
+            *(metrics[m].get(k) for k in names),
+        ]
         for m in models
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -139,4 +153,3 @@ def samples_png(samples: dict[str, torch.Tensor], data: torch.Tensor, per_row: i
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-

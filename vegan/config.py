@@ -102,7 +102,8 @@ class OTConfig(_Config):
         None, ge=1, description="Cap on samples per iteration (None: from n and tol); iterates are averaged there."
     )
     eval_samples: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Cap on the final fresh check (None: sized so its noise on the max error is 0.6 tol).",
     )
     sampler: Literal["sobol", "uniform"] = Field(
@@ -115,9 +116,7 @@ class OTConfig(_Config):
         "none", description="none, local (LocalCluster), or a scheduler address tcp://host:port."
     )
     n_workers: int = Field(2, ge=1, description="Workers for a LocalCluster.")
-    mode: Literal["samples", "targets"] = Field(
-        "samples", description="Dask mode: sample-parallel or target-sharded."
-    )
+    mode: Literal["samples", "targets"] = Field("samples", description="Dask mode: sample-parallel or target-sharded.")
     precision: Literal["auto", "float32", "screened"] = Field(
         "auto",
         description="Screening GEMM of the cell-assignment kernel: screened = bf16 operands on AMX / tensor "
@@ -130,9 +129,7 @@ class GenerateConfig(_Config):
 
     n_samples: int = Field(2000, ge=1)
     k: int = Field(8, ge=1, description="Cells considered per sample (top-k scores).")
-    angle_threshold: float = Field(
-        0.7, gt=0, description="Dihedral angle threshold in degrees between adjacent cells."
-    )
+    angle_threshold: float = Field(0.7, gt=0, description="Dihedral angle threshold in degrees between adjacent cells.")
     centroid_samples: int = Field(200_000, ge=1, description="Monte Carlo samples for centroids.")
     seed: int = 1
 

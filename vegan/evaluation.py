@@ -244,8 +244,12 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
         )
     extra["Run"] = f"preset/name: {cfg.name}; dataset: {cfg.data.name}; model: {cfg.ae.model}; keys: {run.keys}"
     report.write_report(out, metrics, figures, extra)
-    return {"metrics": metrics, "report": out.uri("report.md"), "n_reference": split.n,
-            "extractor": space.info.get("extractor") if train.is_image else "grid-metrics"}
+    return {
+        "metrics": metrics,
+        "report": out.uri("report.md"),
+        "n_reference": split.n,
+        "extractor": space.info.get("extractor") if train.is_image else "grid-metrics",
+    }
 
 
 def _ot_history(run: "Run") -> list[dict]:

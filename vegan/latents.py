@@ -84,8 +84,11 @@ def _load_encoder(ref: EncoderRef) -> Callable[[torch.Tensor], torch.Tensor]:
         raise LatentError(f"encoder file not found: {ref.url}") from exc
     model = build_model(AEConfig(**saved["config"]), tuple(saved["shape"]))
     model.load_state_dict(saved["state_dict"])
-    device = torch.device("cuda" if ref.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if ref.device == "auto" else ref.device))
+    device = torch.device(
+        "cuda"
+        if ref.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if ref.device == "auto" else ref.device)
+    )
     model = model.to(device).eval()
 
     def encode(x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +124,15 @@ def _open_or_create(store, n: int, d: int, chunk_rows: int, with_labels: bool) -
 
 
 @torch.no_grad()
-def encode_chunk(encoder: Any, data: ChunkedRows, store: Any, c: int, chunk_rows: int, batch_size: int,
-                 storage_options: dict | None = None) -> bool:
+def encode_chunk(
+    encoder: Any,
+    data: ChunkedRows,
+    store: Any,
+    c: int,
+    chunk_rows: int,
+    batch_size: int,
+    storage_options: dict | None = None,
+) -> bool:
     """Encode rows of latent chunk ``c`` and store them, then mark the chunk complete.
 
     Returns False when the chunk was already complete (a retried task, a rerun).
@@ -135,8 +145,9 @@ def encode_chunk(encoder: Any, data: ChunkedRows, store: Any, c: int, chunk_rows
     encode = _resolve(encoder)
     lo, hi = c * chunk_rows, min(len(data), (c + 1) * chunk_rows)
     raw = data.rows(lo, hi)  # uint8 images stay uint8 until each batch is formed
-    codes = torch.cat([encode(to_float(raw[i : i + batch_size])).float().cpu()
-                       for i in range(0, hi - lo, batch_size)]).numpy()
+    codes = torch.cat(
+        [encode(to_float(raw[i : i + batch_size])).float().cpu() for i in range(0, hi - lo, batch_size)]
+    ).numpy()
     if not np.isfinite(codes).all():
         raise LatentError(f"encoder produced NaN/inf codes for rows {lo}..{hi}: the autoencoder diverged")
     group["codes"][lo:hi] = codes
@@ -201,8 +212,19 @@ def extract_latents(
             enc = encode if isinstance(encode, EncoderRef) else client.scatter(encode, broadcast=True, hash=False)
             src = client.scatter(data, broadcast=True, hash=False) if isinstance(data, Dataset) else data
             futures = [
-                client.submit(encode_chunk, enc, src, store, c, chunk_rows, batch_size, storage_options,
-                              pure=False, retries=2, resources=resources)
+                client.submit(
+                    encode_chunk,
+                    enc,
+                    src,
+                    store,
+                    c,
+                    chunk_rows,
+                    batch_size,
+                    storage_options,
+                    pure=False,
+                    retries=2,
+                    resources=resources,
+                )
                 for c in todo
             ]
             try:

@@ -256,9 +256,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def protocol_markdown(
-    n: int, n_test: int, n_train: int, extractor: Mapping[str, Any] | None, overlap: int = 0
-) -> str:
+def protocol_markdown(n: int, n_test: int, n_train: int, extractor: Mapping[str, Any] | None, overlap: int = 0) -> str:
     """The evaluation protocol in words: which data each role uses, and which extractor and why.
 
     ``extractor`` is :attr:`vegan.metrics.fidelity.FeatureSpace.info` (None for vector data);

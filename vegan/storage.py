@@ -73,7 +73,7 @@ class Storage:
         try:
             self.write_bytes(probe, b"ok")
             self.fs.rm(self.path(probe))
-        except Exception as exc:  # noqa: BLE001 - translated into one clear error
+        except Exception as exc:
             hint = ""
             if not self.is_local:
                 hint = (

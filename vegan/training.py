@@ -301,8 +301,7 @@ def train_model(
     device = resolve_device(cfg.device)
     model.to(device).train()
     optimizers = model.make_optimizers(cfg)
-    batches = batch_source(data, cfg.batch_size * model.batch_multiplier, cfg.seed,
-                           pin_memory=device.type == "cuda")
+    batches = batch_source(data, cfg.batch_size * model.batch_multiplier, cfg.seed, pin_memory=device.type == "cuda")
 
     def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         x = check_batch(batches.batch(s), s)

@@ -76,8 +76,9 @@ def cache_url(cfg: DataConfig, cache: str | None = None) -> str:
     return f"{base.rstrip('/')}/{tag}.zarr"
 
 
-def open_dataset(cfg: DataConfig, cache: str | None = None, *, client=None, chunk_rows: int = 4096,
-                 progress: bool = False) -> ZarrDataset:
+def open_dataset(
+    cfg: DataConfig, cache: str | None = None, *, client=None, chunk_rows: int = 4096, progress: bool = False
+) -> ZarrDataset:
     """The dataset named by ``cfg`` as a lazy :class:`ZarrDataset`, ingesting it into ``cache`` once.
 
     ``.zarr`` URLs open directly. Named datasets and ``.npz``/image-folder URLs are
@@ -87,11 +88,34 @@ def open_dataset(cfg: DataConfig, cache: str | None = None, *, client=None, chun
         return ZarrDataset(cfg.name, limit=cfg.limit)
     url = cache_url(cfg, cache)
     src_limit = cfg.limit if cfg.name == "grid2d" else None
-    ingest(cfg.name, url, chunk_rows=chunk_rows, client=client, progress=progress, split=cfg.split,
-           root=cfg.root, limit=src_limit, seed=cfg.seed)
+    ingest(
+        cfg.name,
+        url,
+        chunk_rows=chunk_rows,
+        client=client,
+        progress=progress,
+        split=cfg.split,
+        root=cfg.root,
+        limit=src_limit,
+        seed=cfg.seed,
+    )
     return ZarrDataset(url, limit=cfg.limit, name=cfg.name)
 
+
 __all__ = [
-    "DATASETS", "GRID_MEANS", "GRID_STD", "ChunkedRows", "Dataset", "DatasetError", "StreamBatches",
-    "ZarrDataset", "batch_source", "cache_url", "ingest", "load_dataset", "open_dataset", "to_float", "zarr_store",
+    "DATASETS",
+    "GRID_MEANS",
+    "GRID_STD",
+    "ChunkedRows",
+    "Dataset",
+    "DatasetError",
+    "StreamBatches",
+    "ZarrDataset",
+    "batch_source",
+    "cache_url",
+    "ingest",
+    "load_dataset",
+    "open_dataset",
+    "to_float",
+    "zarr_store",
 ]

@@ -101,8 +101,13 @@ def _array_plan(name: str, x: np.ndarray, y: np.ndarray | None, dtype: str, attr
     elif x.dtype == np.uint8 and (kind == "vector" or dtype == "float32"):
         x = x.astype(np.float32) / (255.0 if kind == "image" else 1.0)
     return IngestPlan(
-        n=len(x), item_shape=tuple(x.shape[1:]), dtype=str(x.dtype), kind=kind, has_labels=y is not None,
-        attrs=attrs, chunk_fn=_array_chunk,
+        n=len(x),
+        item_shape=tuple(x.shape[1:]),
+        dtype=str(x.dtype),
+        kind=kind,
+        has_labels=y is not None,
+        attrs=attrs,
+        chunk_fn=_array_chunk,
         chunk_args=lambda lo, hi: (x[lo:hi], None if y is None else y[lo:hi]),
     )
 
@@ -114,8 +119,9 @@ def _named_plan(src: str, split: str, root: str | None, limit: int | None, dtype
     x, y = _NAMED[src](DataConfig(name=src, split=split, root=root, limit=limit, seed=seed))
     if limit is not None:
         x, y = x[:limit], (None if y is None else y[:limit])
-    return _array_plan(src, x, y, dtype, {"source": src, "split": split, "limit": limit,
-                                          **({"seed": seed} if src == "grid2d" else {})})
+    return _array_plan(
+        src, x, y, dtype, {"source": src, "split": split, "limit": limit, **({"seed": seed} if src == "grid2d" else {})}
+    )
 
 
 def _npz_plan(src: str, storage_options: dict | None, limit: int | None, dtype: str) -> IngestPlan:
@@ -190,14 +196,30 @@ def _folder_plan(src: str, storage_options: dict | None, resize, limit: int | No
     h, w = (first.size[1], first.size[0]) if resize is None else resize
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
     fs_spec = (protocol, {} if protocol in ("file", "local") else opts)
-    attrs = {"source": src, "resize": None if resize is None else list(resize), "mode": mode,
-             "first_file": files[0], "limit": limit,
-             "files_sha256": hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]}
+    attrs = {
+        "source": src,
+        "resize": None if resize is None else list(resize),
+        "mode": mode,
+        "first_file": files[0],
+        "limit": limit,
+        "files_sha256": hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16],
+    }
     return IngestPlan(
-        n=len(files), item_shape=(1 if mode == "L" else 3, h, w), dtype="uint8", kind="image",
-        has_labels=labels is not None, attrs={**attrs, "label_names": label_names}, chunk_fn=_folder_chunk,
-        chunk_args=lambda lo, hi: (fs_spec, files[lo:hi], None if labels is None else labels[lo:hi], mode,
-                                   resize, files[0]),
+        n=len(files),
+        item_shape=(1 if mode == "L" else 3, h, w),
+        dtype="uint8",
+        kind="image",
+        has_labels=labels is not None,
+        attrs={**attrs, "label_names": label_names},
+        chunk_fn=_folder_chunk,
+        chunk_args=lambda lo, hi: (
+            fs_spec,
+            files[lo:hi],
+            None if labels is None else labels[lo:hi],
+            mode,
+            resize,
+            files[0],
+        ),
     )
 
 
@@ -274,8 +296,12 @@ def _create_or_check(dest, storage_options, plan: IngestPlan, chunk_rows: int, n
     except Exception as exc:
         raise DatasetError(f"cannot open destination {dest}: {type(exc).__name__}: {exc}") from exc
     attrs = {
-        "vegan_dataset": FORMAT_VERSION, "shape": [plan.n, *plan.item_shape], "dtype": plan.dtype,
-        "kind": plan.kind, "chunk_rows": chunk_rows, "label_names": plan.attrs.get("label_names", []),
+        "vegan_dataset": FORMAT_VERSION,
+        "shape": [plan.n, *plan.item_shape],
+        "dtype": plan.dtype,
+        "kind": plan.kind,
+        "chunk_rows": chunk_rows,
+        "label_names": plan.attrs.get("label_names", []),
         **{k: v for k, v in plan.attrs.items() if k != "label_names"},
     }
     if "x" in group:
@@ -331,15 +357,31 @@ def ingest(
             raise DatasetError(f"resize must be (H, W) with positive sizes, got {resize!r}")
         resize = (int(resize[0]), int(resize[1]))
     t0 = time.perf_counter()
-    plan = _plan(src, storage_options=storage_options, resize=resize, split=split, root=root, limit=limit, dtype=dtype,
-                 seed=seed)
-    info = write_plan(plan, dest, chunk_rows=chunk_rows, client=client, progress=progress,
-                      storage_options=storage_options, resources=resources)
+    plan = _plan(
+        src, storage_options=storage_options, resize=resize, split=split, root=root, limit=limit, dtype=dtype, seed=seed
+    )
+    info = write_plan(
+        plan,
+        dest,
+        chunk_rows=chunk_rows,
+        client=client,
+        progress=progress,
+        storage_options=storage_options,
+        resources=resources,
+    )
     return {**info, "seconds": time.perf_counter() - t0}
 
 
-def write_plan(plan: IngestPlan, dest: Any, *, chunk_rows: int, client=None, progress: bool = True,
-               storage_options: dict | None = None, resources: dict | None = None) -> dict[str, Any]:
+def write_plan(
+    plan: IngestPlan,
+    dest: Any,
+    *,
+    chunk_rows: int,
+    client=None,
+    progress: bool = True,
+    storage_options: dict | None = None,
+    resources: dict | None = None,
+) -> dict[str, Any]:
     """Create (or check) the store at ``dest`` and write every chunk not yet complete, then seal it."""
     from tqdm.auto import tqdm
 
@@ -363,8 +405,19 @@ def write_plan(plan: IngestPlan, dest: Any, *, chunk_rows: int, client=None, pro
             futures = []
             for c in todo:
                 lo, hi = c * chunk_rows, min(plan.n, (c + 1) * chunk_rows)
-                futures.append(client.submit(plan.chunk_fn, dest, storage_options, c, lo, *plan.chunk_args(lo, hi),
-                                             pure=False, retries=2, resources=resources))
+                futures.append(
+                    client.submit(
+                        plan.chunk_fn,
+                        dest,
+                        storage_options,
+                        c,
+                        lo,
+                        *plan.chunk_args(lo, hi),
+                        pure=False,
+                        retries=2,
+                        resources=resources,
+                    )
+                )
             try:
                 for fut in as_completed(futures):
                     written += fut.result()  # re-raises a chunk's DatasetError with its message
@@ -408,8 +461,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         client = Client(args.scheduler)
     try:
-        info = ingest(args.src, args.dest, chunk_rows=args.chunk_rows, resize=parse_resize(args.resize),
-                      client=client, split=args.split, limit=args.limit)
+        info = ingest(
+            args.src,
+            args.dest,
+            chunk_rows=args.chunk_rows,
+            resize=parse_resize(args.resize),
+            client=client,
+            split=args.split,
+            limit=args.limit,
+        )
     finally:
         if client is not None:
             client.close()

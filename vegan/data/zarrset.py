@@ -39,7 +39,7 @@ def zarr_store(url: Any, storage_options: dict | None = None, read_only: bool = 
     if not isinstance(url, str):
         return url
     if is_local_url(url):
-        path = url[len("file://"):] if url.startswith("file://") else url
+        path = url[len("file://") :] if url.startswith("file://") else url
         return zarr.storage.LocalStore(os.path.abspath(os.path.expanduser(path)), read_only=read_only)
     from vegan.storage import storage_options_from_env
 
@@ -57,8 +57,9 @@ class ZarrDataset(ChunkedRows):
     check that streaming stays bounded).
     """
 
-    def __init__(self, url: Any, storage_options: dict | None = None, limit: int | None = None,
-                 name: str | None = None):
+    def __init__(
+        self, url: Any, storage_options: dict | None = None, limit: int | None = None, name: str | None = None
+    ):
         self.url = url
         self.storage_options = storage_options
         self.name = name or (url if isinstance(url, str) else repr(url))
@@ -114,10 +115,10 @@ class ZarrDataset(ChunkedRows):
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         self.reads += 1
-        return np.asarray(self.group["x"][lo:min(hi, self.n)])
+        return np.asarray(self.group["x"][lo : min(hi, self.n)])
 
     def label_rows(self, lo: int, hi: int) -> np.ndarray | None:
-        return np.asarray(self.group["y"][lo:min(hi, self.n)]) if self.has_labels else None
+        return np.asarray(self.group["y"][lo : min(hi, self.n)]) if self.has_labels else None
 
     @property
     def labels(self) -> torch.Tensor | None:
@@ -149,8 +150,10 @@ class ZarrDataset(ChunkedRows):
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return (f"ZarrDataset({self.name!r}, n={self.n}, shape={self.shape}, dtype={self.dtype}, "
-                f"chunk_rows={self.chunk_rows})")
+        return (
+            f"ZarrDataset({self.name!r}, n={self.n}, shape={self.shape}, dtype={self.dtype}, "
+            f"chunk_rows={self.chunk_rows})"
+        )
 
 
 def open_zarr_dataset(url: Any, storage_options: dict | None = None, limit: int | None = None) -> ZarrDataset:

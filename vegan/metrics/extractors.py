@@ -123,7 +123,7 @@ def load_inception(path: str | os.PathLike | None = None) -> tuple[torch.jit.Scr
         with warnings.catch_warnings():  # torch 2.14 deprecates jit.load; the shipped weights are TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             net = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any load failure means an unusable file
+    except Exception as exc:
         raise InceptionWeightsError(
             f"Inception weights file {path} is corrupt or not a TorchScript model: {type(exc).__name__}: {exc}"
         ) from exc

@@ -64,7 +64,6 @@ def tensor_hash(x: torch.Tensor, labels: torch.Tensor | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-
 @dataclass
 class FeatureSpace:
     """A ready extractor plus what identifies it in cache keys and on dask workers."""

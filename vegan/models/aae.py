@@ -71,5 +71,9 @@ class AAE(GenerativeModel):
         opt.zero_grad(set_to_none=True)
         (self.reg_weight * adv).backward()
         opt.step()
-        return {"loss": recon.detach() + self.reg_weight * adv.detach(), "recon": recon.detach(),
-                "adv": adv.detach(), "disc": disc}
+        return {
+            "loss": recon.detach() + self.reg_weight * adv.detach(),
+            "recon": recon.detach(),
+            "adv": adv.detach(),
+            "disc": disc,
+        }

@@ -39,9 +39,7 @@ class WAEGAN(GenerativeModel):
 
     def train_step(self, x, optimizers, gen) -> dict[str, torch.Tensor]:
         z = self.encoder(x)
-        disc = latent_discriminator_step(
-            self.latent_disc, optimizers["disc"], self.noise(z.shape, gen), z
-        )
+        disc = latent_discriminator_step(self.latent_disc, optimizers["disc"], self.noise(z.shape, gen), z)
         recon = WAE_RECON_SCALE * reconstruction_cost(self.decoder(z), x, self.recon)
         adv = gan_loss(self.latent_disc(z), True)
         loss = recon + self.reg_weight * adv

@@ -69,5 +69,9 @@ class WGANGP(GenerativeModel):
         opt_g.zero_grad(set_to_none=True)
         gen_loss.backward()
         opt_g.step()
-        return {"w_dist": w_dist.detach(), "critic": critic_loss.detach(), "gp": gp.detach(),
-                "generator": gen_loss.detach()}
+        return {
+            "w_dist": w_dist.detach(),
+            "critic": critic_loss.detach(),
+            "gp": gp.detach(),
+            "generator": gen_loss.detach(),
+        }

@@ -114,11 +114,9 @@ class Discriminator(nn.Module):
         super().__init__()
         arch = resolve_arch(arch, shape)
         # No batch norm in critics: it breaks the gradient penalty and couples samples.
-        self.net = (
-            ConvEncoder(shape, 1, width, norm=False) if arch == "conv" else MLPEncoder(shape, 1, width)
-        )
+        self.net = ConvEncoder(shape, 1, width, norm=False) if arch == "conv" else MLPEncoder(shape, 1, width)
         if spectral_norm:
-            for name, module in list(self.net.named_modules()):
+            for module in list(self.net.modules()):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     nn.utils.parametrizations.spectral_norm(module)
 

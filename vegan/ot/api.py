@@ -26,8 +26,13 @@ def resolve_config(config: OTConfig | None, overrides: dict[str, Any]) -> OTConf
 
 
 def solver_from_config(cfg: OTConfig) -> NewtonSolver:
-    return NewtonSolver(tol=cfg.tol, max_iter=cfg.max_iter, n_samples=cfg.n_samples,
-                        max_samples=cfg.max_samples, check_samples=cfg.eval_samples)
+    return NewtonSolver(
+        tol=cfg.tol,
+        max_iter=cfg.max_iter,
+        n_samples=cfg.n_samples,
+        max_samples=cfg.max_samples,
+        check_samples=cfg.eval_samples,
+    )
 
 
 def sampling_from_config(cfg: OTConfig) -> Sampling:
@@ -40,8 +45,9 @@ def make_evaluator(problem: OTProblem, cfg: OTConfig, client=None, y_raw: Any = 
         return LocalEvaluator(problem, problem.sampling, cfg.device)
     from vegan.ot.distributed import DaskEvaluator
 
-    return DaskEvaluator(problem, client=client, cluster=cfg.dask, n_workers=cfg.n_workers, mode=cfg.mode,
-                         device=cfg.device, y_raw=y_raw)
+    return DaskEvaluator(
+        problem, client=client, cluster=cfg.dask, n_workers=cfg.n_workers, mode=cfg.mode, device=cfg.device, y_raw=y_raw
+    )
 
 
 def solve(

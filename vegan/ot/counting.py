@@ -37,8 +37,7 @@ class Counts:
         counts = np.zeros(n, dtype=np.int64)
         for p in parts:
             counts += p.counts
-        return Counts(counts, np.concatenate([p.sums for p in parts]),
-                      np.concatenate([p.pairs for p in parts], axis=1))
+        return Counts(counts, np.concatenate([p.sums for p in parts]), np.concatenate([p.pairs for p in parts], axis=1))
 
 
 class Evaluator(Protocol):
@@ -67,8 +66,9 @@ def count_slices(
     pairs = []
     for k, index in enumerate(slices):
         x = sample_slice(y.shape[1], slice_size, sampling, tag=tag, iteration=iteration, index=index, device=device)
-        res = assign_counts(x, y, ht, chunking=chunking, precision=sampling.precision,
-                            want_idx=margin > 0, margin=margin)
+        res = assign_counts(
+            x, y, ht, chunking=chunking, precision=sampling.precision, want_idx=margin > 0, margin=margin
+        )
         counts += res.counts
         sums[k] = res.max_scores.double().sum().item()
         if margin > 0:
@@ -86,8 +86,16 @@ class LocalEvaluator:
         self.y = problem.targets(resolve_device(device))
 
     def __call__(self, h, tag, iteration, n_slices, slice_size, margin=0.0) -> Counts:
-        return count_slices(self.y, h, self.sampling, tag=tag, iteration=iteration, slices=range(n_slices),
-                            slice_size=slice_size, margin=margin)
+        return count_slices(
+            self.y,
+            h,
+            self.sampling,
+            tag=tag,
+            iteration=iteration,
+            slices=range(n_slices),
+            slice_size=slice_size,
+            margin=margin,
+        )
 
     def close(self) -> None:
         pass

@@ -76,8 +76,9 @@ def _targets_on_worker(ysrc: Any, device: str) -> torch.Tensor:
 def _count_task(ysrc, h, start, stop, *, sampling: Sampling, tag, iteration, slice_size, margin, device):
     _worker_setup()
     y = _targets_on_worker(ysrc, device)
-    res = count_slices(y, h, sampling, tag=tag, iteration=iteration, slices=range(start, stop),
-                       slice_size=slice_size, margin=margin)
+    res = count_slices(
+        y, h, sampling, tag=tag, iteration=iteration, slices=range(start, stop), slice_size=slice_size, margin=margin
+    )
     return Counts(res.counts.astype(np.int32), res.sums, res.pairs)
 
 
@@ -148,8 +149,16 @@ class DaskEvaluator:
     LocalCluster of ``n_workers`` one-thread processes, else a scheduler address).
     """
 
-    def __init__(self, problem: OTProblem, client=None, cluster: str = "local", n_workers: int = 2,
-                 mode: str = "samples", device: str = "auto", y_raw: Any = None):
+    def __init__(
+        self,
+        problem: OTProblem,
+        client=None,
+        cluster: str = "local",
+        n_workers: int = 2,
+        mode: str = "samples",
+        device: str = "auto",
+        y_raw: Any = None,
+    ):
         from distributed import Client, LocalCluster
 
         if mode not in ("samples", "targets"):
@@ -202,14 +211,29 @@ class DaskEvaluator:
 
     # ---------------------------------------------------------- counting
     def _kwargs(self, tag, iteration, slice_size, margin) -> dict:
-        return dict(sampling=self.problem.sampling, tag=tag, iteration=iteration, slice_size=slice_size,
-                    margin=margin, device=self.device)
+        return dict(
+            sampling=self.problem.sampling,
+            tag=tag,
+            iteration=iteration,
+            slice_size=slice_size,
+            margin=margin,
+            device=self.device,
+        )
 
     def _samples(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
         futures = [
-            self.client.submit(_count_task, self.ysrc, hf, a, b, pure=False, retries=TASK_RETRIES,
-                               resources=self.resources, **self._kwargs(tag, iteration, slice_size, margin))
+            self.client.submit(
+                _count_task,
+                self.ysrc,
+                hf,
+                a,
+                b,
+                pure=False,
+                retries=TASK_RETRIES,
+                resources=self.resources,
+                **self._kwargs(tag, iteration, slice_size, margin),
+            )
             for a, b in _split(k, self._n_workers())
         ]
         return Counts.concat(self.client.gather(futures), self.problem.n)
@@ -218,18 +242,30 @@ class DaskEvaluator:
         hf = h.astype(np.float32)
         kw = self._kwargs(tag, iteration, slice_size, margin)
         level = [
-            self.client.submit(_shard_task, ys, a, hf[a : a + len_], k, pure=False, retries=TASK_RETRIES,
-                               resources=self.resources, **kw)
+            self.client.submit(
+                _shard_task,
+                ys,
+                a,
+                hf[a : a + len_],
+                k,
+                pure=False,
+                retries=TASK_RETRIES,
+                resources=self.resources,
+                **kw,
+            )
             for (a, ys), len_ in zip(self.shards, self._shard_lengths())
         ]
         while len(level) > 1:  # pairwise tree; order kept so lower shards stay on the left
-            nxt = [self.client.submit(_merge_task, level[i], level[i + 1], pure=False, retries=TASK_RETRIES)
-                   for i in range(0, len(level) - 1, 2)]
+            nxt = [
+                self.client.submit(_merge_task, level[i], level[i + 1], pure=False, retries=TASK_RETRIES)
+                for i in range(0, len(level) - 1, 2)
+            ]
             level = nxt + ([level[-1]] if len(level) % 2 else [])
         best, idx, sec_v, sec_i = level[0].result()
         counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64)
-        sums = np.array([torch.from_numpy(best[i * slice_size : (i + 1) * slice_size]).double().sum().item()
-                         for i in range(k)])
+        sums = np.array(
+            [torch.from_numpy(best[i * slice_size : (i + 1) * slice_size]).double().sum().item() for i in range(k)]
+        )
         near = (sec_i >= 0) & (best - sec_v < margin) if margin > 0 else np.zeros(len(idx), dtype=bool)
         return Counts(counts, sums, np.stack([idx[near], sec_i[near]]).astype(np.int32))
 
@@ -237,17 +273,19 @@ class DaskEvaluator:
         starts = [a for a, _ in self.shards] + [self.problem.n]
         return [b - a for a, b in zip(starts[:-1], starts[1:])]
 
-    def __call__(self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int,
-                 margin: float = 0.0) -> Counts:
+    def __call__(
+        self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int, margin: float = 0.0
+    ) -> Counts:
         run = self._samples if self.mode == "samples" else self._targets
         for attempt in range(RESUBMITS + 1):
             try:
                 return run(h, tag, iteration, n_slices, slice_size, margin)
-            except Exception as exc:  # noqa: BLE001 - lost workers surface as several types
+            except Exception as exc:
                 if attempt == RESUBMITS:
                     raise
-                log.warning("OT iteration %d failed on the cluster (%s: %s); resubmitting",
-                            iteration, type(exc).__name__, exc)
+                log.warning(
+                    "OT iteration %d failed on the cluster (%s: %s); resubmitting", iteration, type(exc).__name__, exc
+                )
                 self._publish()
         raise AssertionError("unreachable")
 

@@ -317,8 +317,15 @@ def generate(
     y_scaled = result.scale_codes(y)
     if centroids is None:
         centroids, _ = estimate_centroids(
-            y_scaled, h, centroid_samples, seed=seed, source=source, chunk=chunk,
-            block_size=block_size, client=client, progress=progress,
+            y_scaled,
+            h,
+            centroid_samples,
+            seed=seed,
+            source=source,
+            chunk=chunk,
+            block_size=block_size,
+            client=client,
+            progress=progress,
         )
     else:
         centroids = as_codes(centroids, "centroids").astype(np.float32)
@@ -330,8 +337,15 @@ def generate(
     else:
         y_arg, h_arg, c_arg = _scatter(client, y_scaled, h, centroids)
     static = dict(
-        y=y_arg, h=h_arg, centroids=c_arg, seed=int(seed), block_size=block_size, k=int(k),
-        angle_threshold=float(angle_threshold), source=source, chunk=chunk,
+        y=y_arg,
+        h=h_arg,
+        centroids=c_arg,
+        seed=int(seed),
+        block_size=block_size,
+        k=int(k),
+        angle_threshold=float(angle_threshold),
+        source=source,
+        chunk=chunk,
     )
     max_blocks = -(-max_draws // block_size)
     codes, cells, accepted, drawn = [], [], 0, 0

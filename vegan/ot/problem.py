@@ -173,9 +173,7 @@ def _check_nu(nu: Any, n: int) -> np.ndarray:
     if not np.all(np.isfinite(nu)):
         raise ValueError("nu contains NaN or inf")
     if np.any(nu <= 0):
-        raise ValueError(
-            "nu must be strictly positive (a zero-mass target has no cell; drop it from y instead)"
-        )
+        raise ValueError("nu must be strictly positive (a zero-mass target has no cell; drop it from y instead)")
     total = float(nu.sum())
     # Explicit rather than silent: weights that do not sum to 1 are almost always a bug
     # upstream (wrong axis, counts instead of frequencies); small float drift is fine.
@@ -199,8 +197,9 @@ class OTProblem:
     def source(self) -> Source:
         return self.sampling.source
 
-    def sample(self, size: int, *, tag: int, iteration: int, index: int,
-               device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample(
+        self, size: int, *, tag: int, iteration: int, index: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """This problem's source samples (see :func:`sample_slice`)."""
         return sample_slice(self.d, size, self.sampling, tag=tag, iteration=iteration, index=index, device=device)
 

@@ -120,8 +120,12 @@ def voronoi_potential(y: np.ndarray) -> np.ndarray:
 def marginal_error(problem: OTProblem, counts: np.ndarray, n_samples: int, iteration: int) -> dict[str, float]:
     """``max_i |w_i - nu_i| / nu_i`` and ``sum_i |w_i - nu_i|`` from counts of a fresh sample set."""
     err = np.abs(counts / float(n_samples) - problem.nu)
-    return {"iteration": iteration, "max": float((err / problem.nu).max()), "l1": float(err.sum()),
-            "n_samples": int(n_samples)}
+    return {
+        "iteration": iteration,
+        "max": float((err / problem.nu).max()),
+        "l1": float(err.sum()),
+        "n_samples": int(n_samples),
+    }
 
 
 def check(problem: OTProblem, h: np.ndarray, evaluate: Evaluator, n_samples: int, iteration: int) -> dict:
@@ -241,8 +245,7 @@ class NewtonSolver:
         spread = math.sqrt((2 * noise2**2 + 4 * signal**2 * noise2) / problem.n) / (2 * max(signal, 1e-12))
         calibrating = state.base_h is None and not 0.5 <= share / self.pair_share <= 2
         accepted = not calibrating and (
-            state.base_h is None or noisy
-            or signal <= (1 - state.damping / 4) * state.base_signal + 3 * spread
+            state.base_h is None or noisy or signal <= (1 - state.damping / 4) * state.base_signal + 3 * spread
         )
         if calibrating:  # the first margin was off: fix it before trusting a Hessian built on it
             s.base_step = np.zeros_like(state.h)
@@ -268,9 +271,17 @@ class NewtonSolver:
         s.h = (state.h if s.base_h is None else s.base_h) - step_
 
         record = {
-            "iteration": it + 1, "energy": energy, "rms_rel_error": math.sqrt(rel2), "signal": signal,
-            "noise": math.sqrt(noise2), "n_samples": n_used, "margin": state.margin, "pair_share": share,
-            "damping": state.damping, "accepted": bool(accepted), "averaged": s.n_avg,
+            "iteration": it + 1,
+            "energy": energy,
+            "rms_rel_error": math.sqrt(rel2),
+            "signal": signal,
+            "noise": math.sqrt(noise2),
+            "n_samples": n_used,
+            "margin": state.margin,
+            "pair_share": share,
+            "damping": state.damping,
+            "accepted": bool(accepted),
+            "averaged": s.n_avg,
         }
         pred = self.predicted_error(s, problem)
         if math.isfinite(pred):
@@ -278,8 +289,9 @@ class NewtonSolver:
         if pred <= SPLIT * self.tol * RECHECK**s.checks:
             s.last_eval = check(problem, s.h_out, evaluate, self.check_size(problem), it + 1)
             s.checks += 1
-            record.update(max_rel_error=s.last_eval["max"], l1_rel_error=s.last_eval["l1"],
-                          eval_samples=s.last_eval["n_samples"])
+            record.update(
+                max_rel_error=s.last_eval["max"], l1_rel_error=s.last_eval["l1"], eval_samples=s.last_eval["n_samples"]
+            )
         record["seconds"] = time.perf_counter() - t0
         s.history = state.history + [record]
         return s
@@ -314,8 +326,10 @@ class OTResult:
         self.h = np.asarray(self.h, dtype=np.float64)
         self.center = np.asarray(self.center, dtype=np.float64).reshape(-1)
         if self.h.ndim != 1 or not np.isfinite(self.h).all():
-            raise ValueError(f"h must be finite values, one per code (got shape {self.h.shape}; NaN or inf "
-                             "means the OT solve diverged or was not run)")
+            raise ValueError(
+                f"h must be finite values, one per code (got shape {self.h.shape}; NaN or inf "
+                "means the OT solve diverged or was not run)"
+            )
         if not np.isfinite(self.center).all():
             raise ValueError("center contains NaN or inf")
         if not (np.isfinite(self.scale) and self.scale > 0):
@@ -368,8 +382,13 @@ def run(
     save(state)
     ev = state.last_eval
     return OTResult(
-        h=state.h_out.copy(), center=problem.center.copy(), scale=problem.scale, source=problem.source,
-        nu=problem.nu.copy(), history=list(state.history), converged=solver.done(state),
+        h=state.h_out.copy(),
+        center=problem.center.copy(),
+        scale=problem.scale,
+        source=problem.source,
+        nu=problem.nu.copy(),
+        history=list(state.history),
+        converged=solver.done(state),
         iterations=state.iteration,
         marginal_error={"max": ev["max"], "l1": ev["l1"], "n_samples": ev["n_samples"]},
     )

@@ -15,9 +15,7 @@ def train_ae(run: StageContext) -> dict[str, Any]:
     ds = run.dataset
     model = build_model(run.cfg.ae, ds.shape)
     out = run.dir("ae")
-    res = train_model(
-        model, ds, run.cfg.ae, CheckpointDir(out, run.cfg.ae.keep_checkpoints), progress=run.progress
-    )
+    res = train_model(model, ds, run.cfg.ae, CheckpointDir(out, run.cfg.ae.keep_checkpoints), progress=run.progress)
     out.save_torch(
         "model.pt", {"state_dict": res.model.state_dict(), "shape": ds.shape, "config": run.cfg.ae.model_dump()}
     )

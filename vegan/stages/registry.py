@@ -38,7 +38,8 @@ def _topological(declared: tuple[Stage, ...]) -> dict[str, Stage]:
     sections = {
         name
         for name, field in PipelineConfig.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        if isinstance(field.annotation, type)
+        and issubclass(field.annotation, BaseModel)
         and name not in EXECUTION_SECTIONS
     }
     for stage in declared:
