@@ -273,7 +273,7 @@ def generate(
     result: OTResult,
     n: int = 2000,
     k: int = 8,
-    angle_threshold: float = 0.7,
+    angle_threshold: float = 20.0,
     seed: int = 1,
     centroid_samples: int = 200_000,
     centroids: Any | None = None,
