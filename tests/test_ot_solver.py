@@ -88,7 +88,7 @@ def test_history_result_and_roundtrip(tmp_path):
     assert res.iterations == 20 and not res.converged
     assert {"iteration", "energy", "rms_rel_error", "signal", "noise", "n_samples", "seconds"} <= set(res.history[0])
     assert set(res.marginal_error) >= {"max", "l1", "n_samples"}
-    assert res.marginal_error["n_samples"] == 16384  # capped final check
+    assert 0 < res.marginal_error["n_samples"] <= 16384  # a report-only check, within the eval_samples cap
     assert np.abs(res.scale_codes(y)).max() <= 1 + 1e-6
     st = Storage(str(tmp_path / "res"))
     save_result(st, res)

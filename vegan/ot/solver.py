@@ -56,6 +56,8 @@ from vegan.storage import Storage
 SPLIT = 0.6
 # Each failed check asks for this much more accuracy before the next one.
 RECHECK = 0.7
+# The error a report-only check (a solve stopped by max_iter) resolves, at the finest.
+REPORT_TOL = 0.25
 
 
 def noise_z(n: int) -> float:
@@ -297,10 +299,16 @@ class NewtonSolver:
         return s
 
     def finish(self, state: SolverState, problem: OTProblem, evaluate: Evaluator) -> SolverState:
-        """Make sure the reported potential has a fresh-sample error (when the loop stopped on max_iter)."""
+        """Make sure the reported potential has a fresh-sample error (when the loop stopped on max_iter).
+
+        The loop did not converge, so this check only reports the error reached: it is sized
+        to resolve errors down to ``REPORT_TOL`` (or ``tol`` if looser), not ``tol`` itself,
+        which for a tiny ``tol`` would mean a practically endless check.
+        """
         if state.last_eval is not None and state.last_eval["iteration"] == state.iteration:
             return state
-        ev = check(problem, state.h_out, evaluate, self.check_size(problem), state.iteration)
+        size = min(self.check_size(problem), samples_for(problem, SPLIT * max(self.tol, REPORT_TOL)))
+        ev = check(problem, state.h_out, evaluate, size, state.iteration)
         return dataclasses.replace(state, last_eval=ev)
 
 
