@@ -26,6 +26,7 @@ system:
 	bash scripts/setup_system.sh
 
 demo: install
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/vegan run --preset demo
 
 lint: install

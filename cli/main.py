@@ -39,6 +39,10 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "vegan")
+    # The temporary server's SQLite database lives in PREFECT_HOME: a fresh clone has no such folder yet.
+    home = os.environ.get("PREFECT_HOME")
+    if home:
+        os.makedirs(os.path.expanduser(home), exist_ok=True)
 
 
 def _print_status(status: dict[str, dict[str, Any]], as_json: bool) -> None:

@@ -134,3 +134,15 @@ def test_missing_bucket_on_a_live_endpoint(s3_endpoint, tmp_path):
     assert (
         "cannot write to storage s3://no-such-bucket/run" in lines[0] and "specified bucket does not exist" in lines[0]
     )
+
+
+def test_run_creates_a_missing_prefect_home(tmp_path):
+    """A fresh clone has no PREFECT_HOME folder yet: the temporary server's database must still open."""
+    home = tmp_path / "not" / "yet" / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    args = ["run", "--preset", "tiny", "--until", "ae", "--quiet", "--storage", str(tmp_path / "run")]
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", *args, "--set", "ae.steps=5"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (home / "prefect.db").is_file()
