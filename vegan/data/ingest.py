@@ -34,6 +34,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from vegan.data.base import DatasetError
+from vegan.data.sources import read_npz
 from vegan.data.zarrset import is_local_url, zarr_store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -128,13 +129,7 @@ def _npz_plan(src: str, storage_options: dict | None, limit: int | None, dtype: 
     fs, path, _ = _source_fs(src, storage_options)
     if not fs.exists(path):
         raise DatasetError(f"source not found: {src}")
-    try:
-        with fs.open(path, "rb") as f:
-            arrays = np.load(io.BytesIO(f.read()))
-            x = arrays["x"]
-            y = arrays["y"] if "y" in arrays else None
-    except Exception as exc:
-        raise DatasetError(f"cannot read {src} as .npz with an array 'x': {exc}") from exc
+    x, y = read_npz(fs, path, src)
     if limit is not None:
         x, y = x[:limit], (None if y is None else y[:limit])
     return _array_plan(src, x, y, dtype, {"source": src, "limit": limit})

@@ -124,6 +124,16 @@ def _grid2d(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), labels.astype(np.int64)
 
 
+def read_npz(fs, path: str, url: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(x, y or None)`` from a ``.npz`` holding an array ``x`` and optionally ``y``, read through ``fs``."""
+    try:
+        with fs.open(path, "rb") as f:
+            arrays = np.load(io.BytesIO(f.read()))
+            return arrays["x"], (arrays["y"] if "y" in arrays else None)
+    except Exception as exc:
+        raise DatasetError(f"cannot read {url} as .npz with an array 'x': {exc}") from exc
+
+
 def _from_url(url: str) -> tuple[np.ndarray, np.ndarray | None]:
     """A ``.npz`` (arrays ``x`` and optional ``y``) or an image folder, read into memory."""
     import fsspec
@@ -135,13 +145,7 @@ def _from_url(url: str) -> tuple[np.ndarray, np.ndarray | None]:
     if not fs.exists(path):
         raise DatasetError(f"dataset not found: {url}")
     if url.rstrip("/").endswith(".npz"):
-        try:
-            with fs.open(path, "rb") as f:
-                arrays = np.load(io.BytesIO(f.read()))
-                x = arrays["x"]
-                y = arrays["y"] if "y" in arrays else None
-        except Exception as exc:
-            raise DatasetError(f"cannot read {url} as .npz with an array 'x': {exc}") from exc
+        x, y = read_npz(fs, path, url)
     else:
         from PIL import Image
 
