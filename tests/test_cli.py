@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+from prefect_server import free_port
 
 from cli.main import main
 from vegan.config import load_config
@@ -70,14 +71,6 @@ def _png_folder(path):
     return path
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed: connections are refused
-
-
 BAD_INPUTS = {
     "unknown preset": (["--preset", "nope"], "invalid choice: 'nope'"),
     "missing config": (["--config", "{tmp}/missing.yaml"], "config file not found: {tmp}/missing.yaml"),
@@ -102,7 +95,7 @@ def test_bad_input_fails_in_one_line_before_any_stage(case, tmp_path):
     _png_folder(tmp_path / "pngs")
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there once it is free
         "AWS_ACCESS_KEY_ID": "x",
         "AWS_SECRET_ACCESS_KEY": "x",
         "AWS_DEFAULT_REGION": "us-east-1",

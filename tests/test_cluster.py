@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from prefect_server import free_port
 from pydantic import ValidationError
 
 from vegan.cluster import ClusterError, active_client, connect
@@ -36,12 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 CLI = [sys.executable, "-m", "cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ingest(dest: Path, src: str = "mnist", limit: int = 2000, chunk_rows: int = 500) -> subprocess.CompletedProcess:
@@ -82,7 +76,7 @@ def test_connect_none_opens_nothing():
 
 
 def test_unreachable_scheduler_is_named_in_the_error():
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.perf_counter()
     with pytest.raises(ClusterError, match=f"cannot connect to the Dask scheduler at {address}"):
         with connect(ClusterConfig(address=address, connect_timeout=1)):
@@ -210,7 +204,7 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
     run_dir = tmp_path / "run"
     run_pipeline(load_config("tiny", overrides=sets), str(run_dir), until="ae", progress=False)
 
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs = [
         _start(
