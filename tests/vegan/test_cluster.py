@@ -32,7 +32,7 @@ from vegan.stages.context import Run
 from vegan.stages.registry import stage_keys
 from vegan.storage import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 CLI = [sys.executable, "-m", "cli"]
