@@ -244,7 +244,8 @@ def code_moments(codes: ZarrCodes, client=None) -> tuple[np.ndarray, np.ndarray]
     return mean, cov
 
 
-def _codes(run: "Run", stage: str, limit: int | None = None) -> ZarrCodes:
+def stage_codes(run: "Run", stage: str, limit: int | None = None) -> ZarrCodes:
+    """The codes of the finished ``latents`` or ``generate`` stage, read lazily from its Zarr store."""
     from vegan.latents import LatentError
 
     run.require(stage)
@@ -269,14 +270,17 @@ def sample_sets(run: "Run", images: DatasetRows) -> dict[str, RowSource]:
             model, images, digest("reconstructions", keys["ae"], images.key)
         )
         makers["ae-ot"] = lambda: Decoded(
-            model.decoder, _codes(run, "generate", n), shape, digest("ae-ot", keys["ae"], keys["generate"], n)
+            model.decoder, stage_codes(run, "generate", n), shape, digest("ae-ot", keys["ae"], keys["generate"], n)
         )
         if cfg.gan.enabled and cfg.gan.steps > 0:
             makers["ae-ot-gan"] = lambda: Decoded(
-                run.generator, _codes(run, "generate", n), shape, digest("ae-ot-gan", keys["gan"], keys["generate"], n)
+                run.generator,
+                stage_codes(run, "generate", n),
+                shape,
+                digest("ae-ot-gan", keys["gan"], keys["generate"], n),
             )
         makers["gaussian-fit"] = lambda: Decoded(
-            model.decoder, _gaussian_fit(*code_moments(_codes(run, "latents"), run.client), n, seed), shape,
+            model.decoder, _gaussian_fit(*code_moments(stage_codes(run, "latents"), run.client), n, seed), shape,
             digest("gaussian-fit", keys["ae"], keys["latents"], n, seed),
         )  # fmt: skip
 
@@ -379,11 +383,11 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
     extra["Evaluation protocol"] = protocol
 
     if run.has_encoder():
-        latents = _codes(run, "latents")
+        latents = stage_codes(run, "latents")
         some = report._subsample(range(len(latents)), 5000)  # the PCA figure's points, read by index
         labels = None if train.labels is None else train.labels[torch.from_numpy(some)]
-        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), _codes(run, "generate", held.n).rows(0, held.n),
-                              labels=labels)  # fmt: skip
+        generated = stage_codes(run, "generate", held.n)
+        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), generated.rows(0, held.n), labels=labels)
         figures["codes (PCA) with generated codes"] = "codes-pca.png"
         ot_info = run.manifest.done_info("ot")
         history = _ot_history(run)

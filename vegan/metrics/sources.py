@@ -144,9 +144,10 @@ class TensorRows:
 
 # ------------------------------------------------------------------- codes
 @dataclass
-class ZarrCodes:
+class ZarrCodes(ChunkedRows):
     """Rows of a float array in a Zarr group on any fsspec URL (codes of the latents or generate stage),
-    read by range or index; pickles as its URL."""
+    read by range or index; pickles as its URL. A :class:`~vegan.data.base.ChunkedRows`, so codes
+    stream like images (:class:`~vegan.data.StreamBatches`)."""
 
     url: str
     array: str = "codes"
@@ -175,8 +176,15 @@ class ZarrCodes:
         return int(self._array().shape[1])
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    @property
     def chunk_rows(self) -> int:
         return int(self._array().chunks[0])
+
+    def label_rows(self, lo: int, hi: int) -> None:
+        return None
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         return np.asarray(self._array()[lo : min(hi, len(self))], dtype=np.float32)
