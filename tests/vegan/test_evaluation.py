@@ -132,13 +132,21 @@ def test_domain_metrics_never_see_the_reference(tmp_path, monkeypatch):
     from vegan.storage import Storage
 
     seen: dict[str, torch.Tensor] = {}
-    for module, name, arg in ((extractors, "train_domain_classifier", "classifier"),
-                              (fidelity, "reference_features", "reference"),
+    take = extractors.TrainingRows.take
+
+    def spy_take(self, *args, **kwargs):  # the rows the classifier trains (and validates) on
+        x, y = take(self, *args, **kwargs)
+        seen["classifier"] = x
+        return x, y
+
+    monkeypatch.setattr(extractors.TrainingRows, "take", spy_take)
+    for module, name, arg in ((fidelity, "reference_features", "reference"),
                               (evaluation, "sample_sets", "reconstructed")):  # fmt: skip
         real = getattr(module, name)
 
         def spy(*args, _real=real, _arg=arg, **kwargs):
-            seen[_arg] = args[1] if _arg == "reconstructed" else args[0]
+            source = args[1] if _arg == "reconstructed" else args[0]
+            seen[_arg] = source.rows(0, len(source))
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
