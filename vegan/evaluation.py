@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -131,18 +132,14 @@ class HeldOut:
     train_exclude: np.ndarray  # training rows equal to a held-out row used (kept from the extractor)
 
     @property
-    def split(self) -> HeldOutSplit:
-        return held_out_split(self.n_test, len(self.rows) // 2)
-
-    @property
     def n(self) -> int:
         return len(self.rows) // 2
 
-    @property
+    @cached_property
     def reference(self) -> DatasetRows:
         return DatasetRows(self.test, self.rows[: self.n])
 
-    @property
+    @cached_property
     def reconstructed(self) -> DatasetRows:
         return DatasetRows(self.test, self.rows[self.n :])
 
