@@ -2,7 +2,8 @@
 
 For each N a fresh process writes the synthetic dataset of ``benchmarks/scale.py``
 (MNIST digits with random shifts and flips, uint8, written by the workers) and
-runs the pipeline up to ``gan`` (short AE, a few OT iterations, GAN off); a
+runs the pipeline up to ``gan`` (short AE, two OT iterations of 65,536 samples,
+GAN off; finished stages of an earlier run in ``--work`` are reused); a
 second fresh process then runs only the eval stage on a LocalCluster of 2
 workers with a memory limit, with ``ZarrDataset.data`` refused in the driver at
 any size (so the run proves the driver never materialises the dataset). It
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +36,8 @@ def _config(args, n: int, url: str):
         "tiny",
         overrides=[
             f"data.name={url}", f"data.limit={n - held}", "ae.steps=50", "ae.batch_size=128",
-            f"ae.latent_dim={args.latent_dim}", f"latents.chunk_rows={args.chunk_rows}", "ot.max_iter=5",
+            f"ae.latent_dim={args.latent_dim}", f"latents.chunk_rows={args.chunk_rows}", "ot.max_iter=2",
+            "ot.n_samples=65536", "ot.max_samples=65536", "ot.eval_samples=65536",
             f"generate.n_samples={args.eval_n}", "generate.centroid_samples=65536", "gan.enabled=false",
             f"eval.n_samples={args.eval_n}", "eval.kid_subset_size=1000", "cluster.address=local",
             "cluster.n_workers=2", f"cluster.memory_limit={args.memory_limit}",
@@ -52,12 +53,11 @@ def prepare(n: int, args) -> dict:
     from vegan.storage import Storage
 
     work = Path(args.work) / f"n{n}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     url = str(work / "data.zarr")
     t = time.perf_counter()
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc, Client(lc) as client:
-        write_shifted_mnist(url, n, chunk_rows=args.chunk_rows, client=client)
+        write_shifted_mnist(url, n, chunk_rows=args.chunk_rows, client=client)  # resumable: a finished store stays
     ingest_s = time.perf_counter() - t
     t = time.perf_counter()
     run_pipeline(_config(args, n, url), Storage(str(work / "run")), until="gan", progress=False)
