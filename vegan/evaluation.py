@@ -46,7 +46,16 @@ import numpy as np
 import torch
 
 from vegan.data.base import ChunkedRows
-from vegan.metrics.sources import DatasetRows, Decoded, Reconstructed, RowSource, ZarrCodes, digest, gather_rows
+from vegan.metrics.sources import (
+    DatasetRows,
+    Decoded,
+    Reconstructed,
+    RowSource,
+    ZarrCodes,
+    digest,
+    gather_rows,
+    map_chunks,
+)
 
 if TYPE_CHECKING:
     from vegan.config import DataConfig, EvalConfig
@@ -80,16 +89,6 @@ def held_out_split(n_test: int, n_samples: int) -> HeldOutSplit:
 
 
 # ------------------------------------------------------------ chunk helpers
-def _map_chunks(client, fn: Callable, data: ChunkedRows, items: list, *shared) -> list:
-    """``[fn(data, item, *shared) for item in items]``, as Dask tasks when there is a client (an
-    in-memory dataset and the shared arguments are scattered once)."""
-    if client is None:
-        return [fn(data, item, *shared) for item in items]
-    src = client.scatter(data, broadcast=True, hash=False) if getattr(data, "url", None) is None else data
-    shared = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
-    return client.gather([client.submit(fn, src, item, *shared, pure=False, retries=2) for item in items])
-
-
 def _row_digests(x: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in np.ascontiguousarray(x)]
 
@@ -102,7 +101,7 @@ def row_digests(data: ChunkedRows, rows: np.ndarray, client=None) -> list[bytes]
     """A 16-byte digest per row ``rows`` of ``data`` (raw stored rows), hashed chunk by chunk."""
     rows = np.asarray(rows, dtype=np.int64)
     groups = np.split(rows, np.flatnonzero(np.diff(rows // data.chunk_rows)) + 1) if len(rows) else []
-    return [d for part in _map_chunks(client, _digests_task, data, groups) for d in part]
+    return [d for part in map_chunks(client, _digests_task, data, groups) for d in part]
 
 
 def _matches_task(data: ChunkedRows, c: int, wanted: set[bytes]) -> list[tuple[int, bytes]]:
@@ -114,7 +113,7 @@ def rows_matching(data: ChunkedRows, digests: list[bytes], client=None) -> dict[
     """``{digest: rows of data with that digest}`` for the given digests: one pass over ``data``'s
     chunks (each a Dask task with a client) that returns only the matches."""
     found: dict[bytes, list[int]] = {}
-    for part in _map_chunks(client, _matches_task, data, list(range(data.n_chunks)), set(digests)):
+    for part in map_chunks(client, _matches_task, data, list(range(data.n_chunks)), set(digests)):
         for row, d in part:
             found.setdefault(d, []).append(row)
     return found
@@ -235,9 +234,9 @@ def code_moments(codes: ZarrCodes, client=None) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"a Gaussian fit needs at least 2 codes, got {n}")
     rows = codes.chunk_rows
     spans = [(lo, min(n, lo + rows)) for lo in range(0, n, rows)]
-    parts = _map_chunks(client, _sum_task, codes, spans)
+    parts = map_chunks(client, _sum_task, codes, spans)
     mean = sum(p[1] for p in parts) / sum(p[0] for p in parts)
-    cov = sum(_map_chunks(client, _scatter_task, codes, spans, mean)) / (n - 1)
+    cov = sum(map_chunks(client, _scatter_task, codes, spans, mean)) / (n - 1)
     return mean, cov
 
 
@@ -321,7 +320,7 @@ def nearest_training_images(train: ChunkedRows, queries: torch.Tensor, k: int, c
     """The ``k`` training images nearest (pixel space) to each query, ``(n, k, C, H, W)``: each chunk
     returns its own k best, the driver merges them and reads the winners."""
     q = queries.flatten(1).float()
-    parts = _map_chunks(client, _nearest_task, train, list(range(train.n_chunks)), q, k)
+    parts = map_chunks(client, _nearest_task, train, list(range(train.n_chunks)), q, k)
     dist = torch.cat([p[0] for p in parts], 1)
     idx = torch.cat([p[1] for p in parts], 1)
     best = idx.gather(1, dist.topk(min(k, dist.shape[1]), dim=1, largest=False).indices)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -52,6 +52,16 @@ def digest(*parts: Any) -> str:
 
 
 # ------------------------------------------------------------- dataset rows
+def map_chunks(client, fn: Callable, data: ChunkedRows, items: list, *shared) -> list:
+    """``[fn(data, item, *shared) for item in items]``, as Dask tasks when there is a client. A lazy dataset
+    travels as its URL; an in-memory one and the shared arguments are scattered once."""
+    if client is None:
+        return [fn(data, item, *shared) for item in items]
+    src = data if getattr(data, "url", None) is not None else client.scatter(data, broadcast=True, hash=False)
+    shared = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
+    return client.gather([client.submit(fn, src, item, *shared, pure=False, retries=2) for item in items])
+
+
 def gather_rows(data: ChunkedRows, index: np.ndarray, client=None) -> np.ndarray:
     """Raw rows ``data[index]`` (any order, repeats allowed), reading each touched chunk once.
 
@@ -63,34 +73,19 @@ def gather_rows(data: ChunkedRows, index: np.ndarray, client=None) -> np.ndarray
         raise IndexError(f"row index out of range for a dataset of {len(data)} rows")
     chunks = index // data.chunk_rows
     touched = np.unique(chunks)
-    wanted = [index[chunks == c] for c in touched]
-    if client is None:
-        parts = [_chunk_rows(data, int(c), rows) for c, rows in zip(touched, wanted)]
-    else:
-        src = data if not _in_memory(data) else client.scatter(data, broadcast=True, hash=False)
-        parts = client.gather([client.submit(_chunk_rows, src, int(c), rows, pure=False)
-                               for c, rows in zip(touched, wanted)])  # fmt: skip
+    parts = map_chunks(client, _chunk_rows, data, [index[chunks == c] for c in touched])
     if not parts:
-        return np.empty((0, *data_shape(data)), dtype=np.float32)
+        return np.empty((0, *data.shape), dtype=np.float32)
     out = np.empty((len(index), *parts[0].shape[1:]), dtype=parts[0].dtype)
     for c, part in zip(touched, parts):
         out[chunks == c] = part
     return out
 
 
-def _chunk_rows(data: ChunkedRows, c: int, rows: np.ndarray) -> np.ndarray:
-    """The selected ``rows`` (all in chunk ``c``), reading only the span they cover."""
-    data.chunk_bounds(c)  # range check
+def _chunk_rows(data: ChunkedRows, rows: np.ndarray) -> np.ndarray:
+    """The selected ``rows`` (all in one chunk), reading only the span they cover."""
     first = int(rows.min())
     return data.rows(first, int(rows.max()) + 1)[rows - first]
-
-
-def _in_memory(data: ChunkedRows) -> bool:
-    return getattr(data, "url", None) is None
-
-
-def data_shape(data: ChunkedRows) -> tuple[int, ...]:
-    return tuple(data.shape)
 
 
 @dataclass
@@ -112,7 +107,7 @@ class DatasetRows:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return data_shape(self.data)
+        return tuple(self.data.shape)
 
     def rows(self, lo: int, hi: int) -> torch.Tensor:
         return to_float(gather_rows(self.data, self.index[lo:hi]))
