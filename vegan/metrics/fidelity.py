@@ -10,9 +10,12 @@ functions instead of calling ``calculate_metrics`` on datasets, for two reasons:
   can never reuse stale statistics. With TF-Inception the features of every
   scored set are cached the same way (``set-features/``): at ~0.1 s per image a
   10k-image evaluation that stops half-way resumes without redoing finished sets;
-* images stream through the extractor in chunks (uint8 at native size until a
-  chunk is resized to 299x299 inside the extractor), optionally on dask
-  workers, so memory is bounded by ``batch_size`` and never by the set size.
+* a set is a tensor or a row source (:mod:`vegan.metrics.sources`: dataset rows,
+  decoded codes, reconstructions) whose rows are made chunk by chunk where the
+  chunk runs: in this process, or as a Dask task that builds the extractor once
+  per worker and returns only features. Images are resized to 299x299 inside
+  the extractor, ``batch_size`` at a time, so memory is bounded by a chunk and
+  never by the set size, and the driver never holds a set's images.
 
 The extractors are the registered torch-fidelity ones, so the same names also
 work with ``torch_fidelity.calculate_metrics``.
