@@ -389,11 +389,12 @@ class TrainingRows:
         return positions + np.searchsorted(shifted, positions, side="right")
 
     def take(self, positions: np.ndarray, client=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Float rows and labels at ``positions`` (of the rows left after ``exclude``)."""
+        """Raw rows (``uint8`` images stay ``uint8``) and labels at ``positions`` (of the rows left after
+        ``exclude``)."""
         from vegan.metrics.sources import gather_rows
 
         rows = self.dataset_rows(positions)
-        x = to_float(gather_rows(self.data, rows, client))
+        x = torch.from_numpy(gather_rows(self.data, rows, client))
         return x, (None if self.labels is None else self.labels[torch.from_numpy(rows)])
 
     def content_key(self) -> str:
@@ -441,7 +442,9 @@ def train_domain_classifier(
         raise ValueError(f"unknown classifier task {task!r}: labels or rotation")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=g)[:max_examples]
-    x, y = data.take(idx.numpy(), client)
+    x, y = data.take(idx.numpy(), client)  # images stay raw (uint8: a quarter of float32) until a batch
+    if x.ndim == 2:
+        x = to_float(x)
     ks = rotations_for(tuple(x.shape[1:])) if task == "rotation" else ()
     if task == "labels":
         y = y.long()
@@ -466,17 +469,17 @@ def train_domain_classifier(
             b = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
             if task == "rotation":
                 target = torch.randint(0, len(ks), (len(b),), generator=g)
-                inputs = _rotate(xt[b], target, ks)
+                inputs = to_float(_rotate(xt[b], target, ks))
             else:
-                inputs, target = xt[b], yt[b]
+                inputs, target = to_float(xt[b]), yt[b]
             loss = F.cross_entropy(model(inputs), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     model.eval().requires_grad_(False)
     with torch.no_grad():
-        model.feature_scale.copy_(model.embed(xt[:2048]).pow(2).mean().sqrt().clamp_min(1e-6))
-        acc = float((model(xv).argmax(1) == yv).float().mean()) if n_val else float("nan")
+        model.feature_scale.copy_(model.embed(to_float(xt[:2048])).pow(2).mean().sqrt().clamp_min(1e-6))
+        acc = float((model(to_float(xv)).argmax(1) == yv).float().mean()) if n_val else float("nan")
     return model, acc
 
 
