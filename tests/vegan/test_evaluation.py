@@ -202,3 +202,20 @@ def test_make_evaluate_fn_scores_against_the_test_split_with_a_train_split_extra
     m = fn({"train": train[:100], "noise": noise})
     assert m["noise"]["fid"] > 3 * m["train"]["fid"]
     (weights,) = (tmp_path / "domain-classifier").glob("*.pt")  # trained once, on the training split
+
+
+@pytest.mark.parametrize("model", ["vae", "wgan-gp"])
+def test_model_sampler_decoded_by_chunk_is_model_sample(model):
+    """The model-sampler set draws the prior codes of ``model.sample`` (batches of 512) and decodes them
+    chunk by chunk, possibly on a worker: the same images as sampling in one process."""
+    from vegan.config import AEConfig
+    from vegan.models import build_model
+
+    net = build_model(AEConfig(model=model, latent_dim=4, width=8), (1, 8, 8)).eval()
+    n = 600  # two batches of prior draws
+    draws = torch.Generator().manual_seed(3)
+    z = torch.cat([net.prior_sample(min(512, n - i), draws) for i in range(0, n, 512)])
+    g = torch.Generator().manual_seed(3)
+    whole = torch.cat([net.sample(min(512, n - i), generator=g) for i in range(0, n, 512)]).clamp(0, 1)
+    chunked = Decoded(net, z, (1, 8, 8), "k", method="decode")
+    torch.testing.assert_close(torch.cat([chunked.rows(0, 100), chunked.rows(100, n)]), whole)
