@@ -153,12 +153,11 @@ def held_out(train: ChunkedRows, data_cfg: "DataConfig", n_samples: int, client=
     examples, and ``report.md`` says so. Rows are compared by digest, chunk by chunk: the
     training data is read once and never held.
     """
-    from vegan.data import load_dataset
-    from vegan.data.sources import _NAMED
+    from vegan.data import DATASETS, load_dataset
 
     test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": len(train) + 2 * n_samples}))
     # Without a test split the first len(train) "test" rows are the training rows themselves.
-    first = 0 if data_cfg.name in _NAMED else min(len(train), len(test))
+    first = 0 if data_cfg.name in DATASETS else min(len(train), len(test))
     candidates = np.arange(first, len(test))
     digests = row_digests(test, candidates, client)
     found = rows_matching(train, digests, client) if digests else {}
