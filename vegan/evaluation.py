@@ -12,8 +12,15 @@ networks have seen):
 
 ``n = min(eval.n_samples, len(test split) // 2)``; every generated set has ``n``
 examples. :func:`held_out_split` makes the split; ``report.md`` states it. A
-dataset given by URL has no test split: :func:`held_out_data` then holds out the
+dataset given by URL has no test split: :func:`held_out` then holds out the
 examples beyond the training ``limit`` (and says so in the report when there are none).
+
+Nothing the size of the dataset passes through this process: every set is a row
+source (:mod:`vegan.metrics.sources`) made chunk by chunk where its features are
+extracted (on the run's Dask workers when ``run.client`` is set), held-out rows are
+told apart from training rows by row digests computed chunk by chunk, and the
+classifier behind the ``domain`` / ``selfsup`` features reads only its subsample.
+The driver holds features (``n x feature_dim``), O(n) codes and O(N) labels.
 
 Sets compared against the reference:
 
@@ -29,12 +36,26 @@ Writes ``metrics.json``, sample grids, plots and ``report.md`` under ``eval/{key
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+
+from vegan.data.base import ChunkedRows
+from vegan.metrics.sources import (
+    DatasetRows,
+    Decoded,
+    Reconstructed,
+    RowSource,
+    ZarrCodes,
+    digest,
+    gather_rows,
+    map_chunks,
+)
 
 if TYPE_CHECKING:
     from vegan.config import DataConfig, EvalConfig
@@ -55,22 +76,6 @@ class HeldOutSplit:
         return len(self.reference)
 
 
-def held_out_data(train: torch.Tensor, data_cfg: "DataConfig", n_samples: int) -> torch.Tensor:
-    """Held-out examples for evaluation: the test split, less any example that is also in ``train``.
-
-    Named datasets have a real test split and lose nothing. A dataset given by URL (image
-    folder, .npz, Zarr) has no separate test split, so its "test" rows are the training rows:
-    the examples beyond the training ``limit`` are then the held-out ones. Only when none
-    are left (all data was used for training) does evaluation fall back to training
-    examples, and ``report.md`` says so.
-    """
-    from vegan.data import load_dataset
-
-    test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": len(train) + 2 * n_samples})).data
-    fresh, _, _ = disjoint_from(test, None, train)
-    return fresh if len(fresh) >= 4 else test
-
-
 def held_out_split(n_test: int, n_samples: int) -> HeldOutSplit:
     """First ``n`` held-out rows as the reference, the next ``n`` to reconstruct, with
     ``n = min(n_samples, n_test // 2)``."""
@@ -83,25 +88,90 @@ def held_out_split(n_test: int, n_samples: int) -> HeldOutSplit:
     return HeldOutSplit(torch.arange(0, n), torch.arange(n, 2 * n))
 
 
-def _row_keys(x: torch.Tensor) -> list[bytes]:
-    return [row.tobytes() for row in x.detach().cpu().contiguous().flatten(1).numpy()]
+# ------------------------------------------------------------ chunk helpers
+def _row_digests(x: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in np.ascontiguousarray(x)]
 
 
-def disjoint_from(
-    x: torch.Tensor, labels: torch.Tensor | None, exclude: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """The rows of ``x`` (and ``labels``) equal to no row of ``exclude``, and how many were dropped.
+def _digests_task(data: ChunkedRows, rows: np.ndarray) -> list[bytes]:
+    return _row_digests(gather_rows(data, rows))
 
-    Named datasets have a real test split, so nothing is dropped; a dataset given by URL (image
-    folder, .npz) has no separate test split, and this keeps the extractor from training on
-    the reference images all the same.
+
+def row_digests(data: ChunkedRows, rows: np.ndarray, client=None) -> list[bytes]:
+    """A 16-byte digest per row ``rows`` of ``data`` (raw stored rows), hashed chunk by chunk."""
+    rows = np.asarray(rows, dtype=np.int64)
+    groups = np.split(rows, np.flatnonzero(np.diff(rows // data.chunk_rows)) + 1) if len(rows) else []
+    return [d for part in map_chunks(client, _digests_task, data, groups) for d in part]
+
+
+def _matches_task(data: ChunkedRows, c: int, wanted: set[bytes]) -> list[tuple[int, bytes]]:
+    lo, _ = data.chunk_bounds(c)
+    return [(lo + i, d) for i, d in enumerate(_row_digests(data.read_chunk(c))) if d in wanted]
+
+
+def rows_matching(data: ChunkedRows, digests: list[bytes], client=None) -> dict[bytes, list[int]]:
+    """``{digest: rows of data with that digest}`` for the given digests: one pass over ``data``'s
+    chunks (each a Dask task with a client) that returns only the matches."""
+    found: dict[bytes, list[int]] = {}
+    for part in map_chunks(client, _matches_task, data, list(range(data.n_chunks)), set(digests)):
+        for row, d in part:
+            found.setdefault(d, []).append(row)
+    return found
+
+
+# ---------------------------------------------------------------- held out
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out rows evaluation uses, and how they relate to the training rows."""
+
+    test: ChunkedRows  # the test split (a lazy Zarr dataset stays lazy)
+    rows: np.ndarray  # rows of ``test``: reference ``rows[:n]``, reconstructed ``rows[n:2n]``
+    n_test: int  # held-out examples available (what the report calls "loaded")
+    overlap: int  # held-out rows used that equal a training row
+    train_exclude: np.ndarray  # training rows equal to a held-out row used (kept from the extractor)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows) // 2
+
+    @cached_property
+    def reference(self) -> DatasetRows:
+        return DatasetRows(self.test, self.rows[: self.n])
+
+    @cached_property
+    def reconstructed(self) -> DatasetRows:
+        return DatasetRows(self.test, self.rows[self.n :])
+
+
+def held_out(train: ChunkedRows, data_cfg: "DataConfig", n_samples: int, client=None) -> HeldOut:
+    """Held-out examples for evaluation: the test split, less any example that is also in ``train``.
+
+    Named datasets have a real test split and lose nothing. A dataset given by URL (image
+    folder, .npz, Zarr) has no separate test split, so its "test" rows are the training rows:
+    the examples beyond the training ``limit`` are then the held-out ones. Only when fewer than
+    four are left (all data was used for training) does evaluation fall back to training
+    examples, and ``report.md`` says so. Rows are compared by digest, chunk by chunk: the
+    training data is read once and never held.
     """
-    held = set(_row_keys(exclude))
-    keep = torch.tensor([k not in held for k in _row_keys(x)], dtype=torch.bool)
-    dropped = int((~keep).sum())
-    if dropped == 0:
-        return x, labels, 0
-    return x[keep], (None if labels is None else labels[keep]), dropped
+    from vegan.data import DATASETS, load_dataset
+
+    test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": len(train) + 2 * n_samples}))
+    # Without a test split the first len(train) "test" rows are the training rows themselves.
+    first = 0 if data_cfg.name in DATASETS else min(len(train), len(test))
+    candidates = np.arange(first, len(test))
+    digests = row_digests(test, candidates, client)
+    found = rows_matching(train, digests, client) if digests else {}
+    fresh = candidates[np.asarray([d not in found for d in digests], dtype=bool)] if found else candidates
+    rows = fresh if len(fresh) >= 4 else np.arange(len(test))
+    n = held_out_split(len(rows), n_samples).n
+    used = rows[: 2 * n]
+    if rows is fresh:  # no row of ``fresh`` equals a training row
+        return HeldOut(test, used, len(rows), 0, np.empty(0, dtype=np.int64))
+    used_digests = row_digests(test, used, client)
+    found = rows_matching(train, used_digests, client)
+    overlap = sum(d in found for d in used_digests)
+    exclude = np.unique(np.asarray([r for d in set(used_digests) for r in found.get(d, [])], dtype=np.int64))
+    return HeldOut(test, used, len(rows), overlap, exclude)
 
 
 @dataclass(frozen=True)
@@ -139,97 +209,180 @@ def check_extractor(
     return ExtractorChoice(name, reason)
 
 
-@torch.no_grad()
-def _decode(decoder: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch: int = 512) -> torch.Tensor:
-    z = torch.as_tensor(codes, dtype=torch.float32)
-    return torch.cat([decoder(z[i : i + batch]) for i in range(0, len(z), batch)]) if len(z) else z
-
-
-def _gaussian_fit(codes: np.ndarray, n: int, seed: int) -> np.ndarray:
+# -------------------------------------------------------------- the sets
+def _gaussian_fit(mean: np.ndarray, cov: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), size=n).astype(np.float32)
+    return rng.multivariate_normal(mean, cov, size=n).astype(np.float32)
 
 
-def sample_sets(run: "Run", held_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every set of generated data this run can produce, as many examples as ``held_out``;
-    ``reconstructions`` are of ``held_out``, which must not be the reference images."""
-    cfg, model = run.cfg, run.model
-    n, seed = len(held_out), cfg.eval.seed
-    sets: dict[str, torch.Tensor] = {}
+def _sum_task(codes: ZarrCodes, span: tuple[int, int]) -> tuple[int, np.ndarray]:
+    y = codes.rows(*span).astype(np.float64)
+    return len(y), y.sum(0)
+
+
+def _scatter_task(codes: ZarrCodes, span: tuple[int, int], mean: np.ndarray) -> np.ndarray:
+    y = codes.rows(*span).astype(np.float64) - mean
+    return y.T @ y
+
+
+def code_moments(codes: ZarrCodes, client=None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (``np.cov`` convention, float64) of the codes, in two passes over their chunks
+    (Dask tasks with a client): O(d^2) floats come back, never the codes."""
+    n = len(codes)
+    if n < 2:
+        raise ValueError(f"a Gaussian fit needs at least 2 codes, got {n}")
+    rows = codes.chunk_rows
+    spans = [(lo, min(n, lo + rows)) for lo in range(0, n, rows)]
+    parts = map_chunks(client, _sum_task, codes, spans)
+    mean = sum(p[1] for p in parts) / sum(p[0] for p in parts)
+    cov = sum(map_chunks(client, _scatter_task, codes, spans, mean)) / (n - 1)
+    return mean, cov
+
+
+def stage_codes(run: "Run", stage: str, limit: int | None = None) -> ZarrCodes:
+    """The codes of the finished ``latents`` or ``generate`` stage, read lazily from its Zarr store."""
+    from vegan.latents import LatentError
+
+    run.require(stage)
+    codes = ZarrCodes(run.dir(stage).url, "codes", run.storage.storage_options, limit=limit)
+    if codes.dim != run.cfg.ae.latent_dim:
+        raise LatentError(f"{stage} codes have dimension {codes.dim}, the decoder expects {run.cfg.ae.latent_dim}")
+    return codes
+
+
+def sample_sets(run: "Run", images: DatasetRows) -> dict[str, RowSource]:
+    """Every set of generated data this run can produce (those ``eval.sets`` names), as row sources of
+    ``len(images)`` examples; ``reconstructions`` are of ``images``, which must not be the reference.
+
+    Codes are O(n x latent_dim): generated codes stay in the generate stage's Zarr store and are read
+    by each chunk; Gaussian and prior codes are drawn here (a fixed sequence for a seed)."""
+    cfg, keys = run.cfg, run.keys
+    n, seed, shape = len(images), cfg.eval.seed, tuple(images.shape)
+    makers: dict[str, Callable[[], RowSource]] = {}
     if run.has_encoder():
-        with torch.no_grad():
-            sets["reconstructions"] = torch.cat(
-                [model.decode(model.encode(held_out[i : i + 512])) for i in range(0, n, 512)]
-            )
-        gen = run.generated_codes[:n]
-        sets["ae-ot"] = _decode(model.decoder, gen)
+        model = run.model
+        makers["reconstructions"] = lambda: Reconstructed(
+            model, images, digest("reconstructions", keys["ae"], images.key)
+        )
+        makers["ae-ot"] = lambda: Decoded(
+            model.decoder, stage_codes(run, "generate", n), shape, digest("ae-ot", keys["ae"], keys["generate"], n)
+        )
         if cfg.gan.enabled and cfg.gan.steps > 0:
-            sets["ae-ot-gan"] = _decode(run.generator, gen)
-        sets["gaussian-fit"] = _decode(model.decoder, _gaussian_fit(run.codes, n, seed))
-        g = torch.Generator().manual_seed(seed)
-        sets["gaussian-noise"] = _decode(model.decoder, torch.randn(n, cfg.ae.latent_dim, generator=g))
+            makers["ae-ot-gan"] = lambda: Decoded(
+                run.generator,
+                stage_codes(run, "generate", n),
+                shape,
+                digest("ae-ot-gan", keys["gan"], keys["generate"], n),
+            )
+        makers["gaussian-fit"] = lambda: Decoded(
+            model.decoder, _gaussian_fit(*code_moments(stage_codes(run, "latents"), run.client), n, seed), shape,
+            digest("gaussian-fit", keys["ae"], keys["latents"], n, seed),
+        )  # fmt: skip
+
+        def noise() -> Decoded:
+            g = torch.Generator().manual_seed(seed)
+            z = torch.randn(n, cfg.ae.latent_dim, generator=g)
+            return Decoded(model.decoder, z, shape, digest("gaussian-noise", keys["ae"], n, seed))
+
+        makers["gaussian-noise"] = noise
     if cfg.ae.model != "ae":
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            sets["model-sampler"] = torch.cat([model.sample(min(512, n - i), generator=g) for i in range(0, n, 512)])
+
+        def model_sampler() -> Decoded:  # the draws of model.sample in batches of 512, decoded by chunk
+            model, g = run.model, torch.Generator().manual_seed(seed)
+            z = torch.cat([model.prior_sample(min(512, n - i), g) for i in range(0, n, 512)])
+            return Decoded(model, z, shape, digest("model-sampler", keys["ae"], n, seed), method="decode")
+
+        makers["model-sampler"] = model_sampler
     if cfg.eval.sets is not None:
-        unknown = sorted(set(cfg.eval.sets) - set(sets))
+        unknown = sorted(set(cfg.eval.sets) - set(makers))
         if unknown:
-            raise ValueError(f"eval.sets: this run cannot make {unknown}; it makes {sorted(sets)}")
-        sets = {k: v for k, v in sets.items() if k in cfg.eval.sets}
-    if not run.dataset.is_image:  # vector data is not squashed into [0, 1]
-        return sets
-    return {k: v.clamp(0, 1) for k, v in sets.items()}
+            raise ValueError(f"eval.sets: this run cannot make {unknown}; it makes {sorted(makers)}")
+        makers = {k: v for k, v in makers.items() if k in cfg.eval.sets}
+    return {name: make() for name, make in makers.items()}
 
 
+def _all_rows(source: RowSource) -> torch.Tensor:
+    return source.rows(0, len(source))
+
+
+# ---------------------------------------------------------- nearest images
+def _nearest_task(data: ChunkedRows, c: int, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from vegan.data.base import to_float
+    from vegan.report import _nearest
+
+    lo, _ = data.chunk_bounds(c)
+    dist, idx = _nearest(queries, to_float(data.read_chunk(c)).flatten(1), k)
+    return dist, idx + lo
+
+
+def nearest_training_images(train: ChunkedRows, queries: torch.Tensor, k: int, client=None) -> torch.Tensor:
+    """The ``k`` training images nearest (pixel space) to each query, ``(n, k, C, H, W)``: each chunk
+    returns its own k best, the driver merges them and reads the winners."""
+    q = queries.flatten(1).float()
+    parts = map_chunks(client, _nearest_task, train, list(range(train.n_chunks)), q, k)
+    dist = torch.cat([p[0] for p in parts], 1)
+    idx = torch.cat([p[1] for p in parts], 1)
+    best = idx.gather(1, dist.topk(min(k, dist.shape[1]), dim=1, largest=False).indices)
+    from vegan.data.base import to_float
+
+    rows = to_float(gather_rows(train, best.flatten().numpy()))
+    return rows.unflatten(0, tuple(best.shape))
+
+
+# ---------------------------------------------------------------- the stage
 def evaluate_run(run: "Run") -> dict[str, Any]:
     from vegan import report
-    from vegan.metrics import evaluate_sets, feature_space, grid_metrics, tensor_hash
+    from vegan.metrics import evaluate_sets, feature_space, grid_metrics
+    from vegan.metrics.extractors import TrainingRows
 
-    cfg = run.cfg
+    cfg, client = run.cfg, run.client
     out = run.dir("eval")
     train = run.dataset
-    test = held_out_data(train.data, cfg.data, cfg.eval.n_samples)
-    split = held_out_split(len(test), cfg.eval.n_samples)
-    reference = test[split.reference]
-    sets = sample_sets(run, test[split.reconstructed])
-    held_out = test[torch.cat([split.reference, split.reconstructed])]
-    overlap = len(held_out) - len(disjoint_from(held_out, None, train.data)[0])
+    held = held_out(train, cfg.data, cfg.eval.n_samples, client)
+    reference = held.reference
+    sets = sample_sets(run, held.reconstructed)
     figures: dict[str, str] = {}
     extra: dict[str, str] = {}
 
     if train.is_image:
         check_extractor(cfg.data, cfg.eval, train.labels is not None)  # a clear error before any work
         cache = run.storage.sub("cache")
-        x_fit, y_fit, _ = disjoint_from(train.data, train.labels, held_out)
-        if len(x_fit) < 2:  # every training example is held out too: nothing disjoint to train on
-            x_fit, y_fit = train.data, train.labels
-        space = feature_space(cfg.eval, x_fit, y_fit, tensor_hash(x_fit, y_fit), cache)
-        space.info["classifier_saw_held_out"] = len(x_fit) == len(train) and overlap > 0
+        fit = TrainingRows(train, train.labels, held.train_exclude)
+        if len(fit) < 2:  # every training example is held out too: nothing disjoint to train on
+            fit = TrainingRows(train, train.labels)
+        space = feature_space(cfg.eval, fit, cache=cache, client=client)
+        space.info["classifier_saw_held_out"] = len(fit) == len(train) and held.overlap > 0
         metrics = evaluate_sets(
-            reference, sets, cfg.eval, cache=cache, real_hash=tensor_hash(reference), space=space,
-            progress=run.progress,
+            reference, sets, cfg.eval, cache=cache, space=space, progress=run.progress, client=client,
+            resources=run.resources("eval"),
         )  # fmt: skip
-        for name, images in {"real": reference, **sets}.items():
+        for name, source in {"real": reference, **sets}.items():
             rel = f"samples-{name}.png"
-            report.save_image_grid(out, rel, images[:64], nrow=8)
+            report.save_image_grid(out, rel, source.rows(0, 64), nrow=8)
             figures[f"samples: {name}"] = rel
         if "ae-ot" in sets:
-            report.nearest_neighbour_grid(out, "nearest-neighbours.png", sets["ae-ot"][:8], train.data, k=5)
+            queries = sets["ae-ot"].rows(0, 8)
+            report.neighbour_grid(out, "nearest-neighbours.png", queries,
+                                  nearest_training_images(train, queries, 5, client))  # fmt: skip
             figures["AE-OT samples next to their nearest training images"] = "nearest-neighbours.png"
-        protocol = report.protocol_markdown(split.n, len(test), len(train), space.info, overlap)
+        protocol = report.protocol_markdown(held.n, held.n_test, len(train), space.info, held.overlap)
         log.info("evaluation protocol:\n%s", protocol)
-    else:
-        real = reference.numpy()
+    else:  # vector data (the 2-D grid): O(n x 2) floats
+        real = _all_rows(reference).numpy()
         metrics = {"real": grid_metrics(real)}
-        metrics.update({name: grid_metrics(v.numpy()) for name, v in sets.items()})
-        report.plot_grid2d(out, "grid2d.png", real, {k: v.numpy() for k, v in sets.items()})
+        vectors = {name: _all_rows(v).numpy() for name, v in sets.items()}
+        metrics.update({name: grid_metrics(v) for name, v in vectors.items()})
+        report.plot_grid2d(out, "grid2d.png", real, vectors)
         figures["2-D grid: real and generated"] = "grid2d.png"
-        protocol = report.protocol_markdown(split.n, len(test), len(train), None, overlap)
+        protocol = report.protocol_markdown(held.n, held.n_test, len(train), None, held.overlap)
     extra["Evaluation protocol"] = protocol
 
     if run.has_encoder():
-        report.plot_codes_pca(out, "codes-pca.png", run.codes, run.generated_codes[: split.n], labels=train.labels)
+        latents = stage_codes(run, "latents")
+        some = report._subsample(range(len(latents)), 5000)  # the PCA figure's points, read by index
+        labels = None if train.labels is None else train.labels[torch.from_numpy(some)]
+        generated = stage_codes(run, "generate", held.n)
+        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), generated.rows(0, held.n), labels=labels)
         figures["codes (PCA) with generated codes"] = "codes-pca.png"
         ot_info = run.manifest.done_info("ot")
         history = _ot_history(run)
@@ -247,7 +400,7 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
     return {
         "metrics": metrics,
         "report": out.uri("report.md"),
-        "n_reference": split.n,
+        "n_reference": held.n,
         "extractor": space.info.get("extractor") if train.is_image else "grid-metrics",
     }
 
@@ -270,9 +423,11 @@ def make_evaluate_fn(data_cfg, eval_cfg, cache=None, progress: bool = False):
     scored by exactly the same code as the pipeline's eval stage.
     """
     from vegan.data import load_dataset
-    from vegan.metrics import evaluate_sets, feature_space, grid_metrics, tensor_hash
+    from vegan.metrics import evaluate_sets, feature_space, grid_metrics
+    from vegan.metrics.extractors import TrainingRows
 
     test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": eval_cfg.n_samples}))
+    reference = DatasetRows(test, np.arange(len(test)))
     spaces: list = []  # built on the first call: the extractor trains on the training split
 
     def evaluate_fn(sets: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
@@ -281,10 +436,11 @@ def make_evaluate_fn(data_cfg, eval_cfg, cache=None, progress: bool = False):
         if not spaces:
             train = load_dataset(data_cfg.model_copy(update={"split": "train"}))
             check_extractor(data_cfg, eval_cfg, train.labels is not None)
-            spaces.append(feature_space(eval_cfg, train.data, train.labels, train.content_hash(), cache))
+            fit = TrainingRows(train, train.labels)
+            spaces.append(feature_space(eval_cfg, fit, train_hash=train.content_hash(), cache=cache))
         return evaluate_sets(
-            test.data, {k: v.detach().clamp(0, 1) for k, v in sets.items()}, eval_cfg, cache=cache,
-            real_hash=tensor_hash(test.data), space=spaces[0], progress=progress,
+            reference, {k: v.detach().clamp(0, 1) for k, v in sets.items()}, eval_cfg, cache=cache,
+            space=spaces[0], progress=progress,
         )  # fmt: skip
 
     return evaluate_fn

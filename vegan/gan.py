@@ -21,9 +21,13 @@ checkpoint cadence live there): this module only says what one step does and
 what a checkpoint holds (the generator, its EMA, the discriminator and both
 optimizers). Real images stream from the dataset's chunks
 (:func:`vegan.data.stream.batch_source`), so a lazy Zarr dataset larger than
-memory works. Every batch is a pure function of ``(seed, step)`` and the
-gradient penalty's noise comes from the loop's checkpointed generator, so a
-resumed run is identical to an uninterrupted one (bitwise on CPU).
+memory works; the codes stream the same way (from the latents and generate
+stages' Zarr stores in the pipeline): the paired codes through a stream with the
+images' chunk layout and seed, so its batch ``s`` holds the codes of exactly the
+images of batch ``s``. Memory is a few chunks of each, whatever N. Every batch is
+a pure function of ``(seed, step)`` and the gradient penalty's noise comes from
+the loop's checkpointed generator, so a resumed run is identical to an
+uninterrupted one (bitwise on CPU).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from vegan.data.stream import batch_source
 from vegan.device import resolve_device
 from vegan.models.base import gradient_penalty
 from vegan.nets import Discriminator
-from vegan.training import BatchIndices, TrainJob, check_batch, mix_seeds, run_loop
+from vegan.training import TrainJob, check_batch, mix_seeds, run_loop
 
 
 @dataclass
@@ -69,33 +73,65 @@ def _as_float_tensor(x: Any, name: str) -> torch.Tensor:
     return t
 
 
+class _Rechunked(ChunkedRows):
+    """The rows of ``src`` cut into chunks of ``chunk_rows`` (reads may span ``src``'s own chunks): codes
+    stored in chunks of their own size, streamed in the image dataset's chunk layout."""
+
+    def __init__(self, src: ChunkedRows, chunk_rows: int):
+        self.src, self.chunk_rows = src, int(chunk_rows)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.src.shape)
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        return self.src.rows(lo, hi)
+
+    def label_rows(self, lo: int, hi: int) -> None:
+        return None
+
+
+def _code_rows(codes: Any, name: str, chunk_rows: int) -> ChunkedRows:
+    """Codes as chunked rows in chunks of ``chunk_rows``: an array or tensor is checked whole (it is in
+    memory anyway); stored codes (``ChunkedRows``) are checked batch by batch as they stream."""
+    if isinstance(codes, ChunkedRows):
+        return _Rechunked(codes, chunk_rows)
+    t = _as_float_tensor(codes, name)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, latent_dim), got {tuple(t.shape)}")
+    return Dataset(name, t, None, chunk_rows=chunk_rows)
+
+
 def _check_inputs(
     decoder: nn.Module, images: Any, paired_codes: Any, generated_codes: Any
-) -> tuple[ChunkedRows, torch.Tensor, torch.Tensor]:
-    """Images as chunked rows (a lazy dataset stays lazy: its shape and length are metadata, its
-    finiteness is checked batch by batch); codes as float tensors."""
+) -> tuple[ChunkedRows, ChunkedRows, ChunkedRows | None]:
+    """Images and codes as chunked rows (a lazy dataset or code store stays lazy: shapes and lengths are
+    metadata, finiteness is checked batch by batch)."""
     if not isinstance(images, ChunkedRows):
         images = Dataset("images", _as_float_tensor(images, "images"), None)
-    paired = _as_float_tensor(paired_codes, "paired_codes")
-    if paired.ndim != 2 or len(paired) == 0:
-        raise ValueError(f"paired_codes must be a non-empty (n, latent_dim) array, got shape {tuple(paired.shape)}")
+    paired = _code_rows(paired_codes, "paired_codes", images.chunk_rows)
+    if len(paired) == 0 or len(paired.shape) != 1:
+        raise ValueError(f"paired_codes must be a non-empty (n, latent_dim) array, got {len(paired)} rows")
     if len(images) != len(paired):
         raise ValueError(
             f"images and paired_codes must pair up one to one: {len(images)} images but {len(paired)} codes"
         )
-    d = paired.shape[1]
-    if generated_codes is None:
-        generated = paired.new_zeros((0, d))
-    else:
-        generated = _as_float_tensor(generated_codes, "generated_codes")
-        if generated.ndim != 2 or (len(generated) and generated.shape[1] != d):
+    d = paired.shape[0]
+    generated = None
+    if generated_codes is not None:
+        generated = _code_rows(generated_codes, "generated_codes", images.chunk_rows)
+        if len(generated) and tuple(generated.shape) != (d,):
             raise ValueError(
-                f"generated_codes must have shape (m, {d}) like paired_codes, got {tuple(generated.shape)}"
+                f"generated_codes must have shape (m, {d}) like paired_codes, got (m, {generated.shape[0]})"
             )
+        generated = generated if len(generated) else None
     probe = copy.deepcopy(decoder).cpu().eval()
     try:
         with torch.no_grad():
-            out = probe(paired[:2])
+            out = probe(paired.float_rows(0, 2))
     except RuntimeError as exc:
         raise ValueError(f"codes have dimension {d}, which the decoder does not accept: {exc}") from exc
     if tuple(out.shape[1:]) != tuple(images.shape):
@@ -142,7 +178,8 @@ def finetune_decoder(
 
     ``images[i]`` is the example ``paired_codes[i]`` was encoded from (a float tensor, or a dataset:
     an in-memory ``Dataset`` or a lazy ``ZarrDataset``, streamed by chunks);
-    ``generated_codes`` (may be ``None``) come from :func:`vegan.ot.generate.generate`.
+    ``generated_codes`` (may be ``None``) come from :func:`vegan.ot.generate.generate`. Both kinds
+    of codes are arrays or chunked rows (``ZarrCodes`` of a stage's store), streamed by chunks.
     The discriminator is ``vegan.nets.Discriminator(shape, arch, width)``.
     Resumes from the newest loadable checkpoint in ``checkpoints``. Returns the
     EMA generator on CPU in eval mode; with ``cfg.steps == 0`` or
@@ -165,17 +202,17 @@ def finetune_decoder(
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
 
     b, pin = cfg.batch_size, device.type == "cuda"
-    # Images stream from their chunks; the paired codes of a batch are picked by the same row indices.
+    # Images and their codes stream in the same chunk layout with the same seed: equal row indices per step.
     pairs = batch_source(images, b, cfg.seed, pin_memory=pin)
+    pair_codes = batch_source(paired, b, cfg.seed)
     reals = batch_source(images, b, mix_seeds(cfg.seed, 2), pin_memory=pin)
-    extra = BatchIndices(len(generated), b, mix_seeds(cfg.seed, 3)) if len(generated) else None
+    extra = None if generated is None else batch_source(generated, b, mix_seeds(cfg.seed, 3))
 
     def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.from_numpy(pairs.indices(s))
         x_p = check_batch(pairs.batch(s), s, "images").to(device)
-        y_p = paired[idx].to(device)
+        y_p = check_batch(pair_codes.batch(s), s, "paired codes").to(device)
         real = check_batch(reals.batch(s), s, "images").to(device)
-        codes = y_p if extra is None else torch.cat([y_p, generated[extra(s)].to(device)])
+        codes = y_p if extra is None else torch.cat([y_p, check_batch(extra.batch(s), s, "generated codes").to(device)])
         fake = gen_net(codes)
 
         d_loss, d_extra = _d_loss(cfg, disc, real, fake.detach(), gen)
@@ -185,10 +222,10 @@ def finetune_decoder(
 
         disc.requires_grad_(False)
         g_adv = -disc(fake).mean()
-        pixel = (fake[: len(idx)] - x_p).abs().mean()
+        pixel = (fake[: len(y_p)] - x_p).abs().mean()
         with torch.no_grad():
             real_features = disc.features(x_p)
-        feature = (disc.features(fake[: len(idx)]) - real_features).abs().mean()
+        feature = (disc.features(fake[: len(y_p)]) - real_features).abs().mean()
         content = pixel + cfg.feature_weight * feature
         g_loss = g_adv + cfg.content_weight * content
         opt_g.zero_grad(set_to_none=True)
@@ -201,11 +238,15 @@ def finetune_decoder(
     job = TrainJob(
         name="AE-OT-GAN", step=step,
         state={"generator": gen_net, "ema": ema, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d},
-        meta={"shape": list(shape), "latent_dim": paired.shape[1], "arch": arch, "width": width,
+        meta={"shape": list(shape), "latent_dim": paired.shape[0], "arch": arch, "width": width,
               "loss": cfg.loss, "spectral_norm": cfg.spectral_norm},
         steps=cfg.steps, seed=cfg.seed, device=device, checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints, main_loss="content", hint="Lower cfg.lr_g / cfg.lr_d.",
     )  # fmt: skip
-    with pairs, reals:
-        res = run_loop(job, checkpoints, progress, log_every)
+    with pairs, pair_codes, reals:
+        try:
+            res = run_loop(job, checkpoints, progress, log_every)
+        finally:
+            if extra is not None:
+                extra.close()
     return GANResult(ema.cpu().eval(), res.history, res.step, res.resumed_from)

@@ -84,20 +84,29 @@ def nearest_neighbour_grid(
     Distances are in pixel space, or in feature space when both feature
     tensors are given. Returns the (n_samples, k) distances.
     """
-    from torchvision.utils import make_grid
-
     s, t = _as_images(samples), _as_images(train)
     qs = (sample_features if sample_features is not None else s.flatten(1)).float()
     pool = (train_features if train_features is not None else t.flatten(1)).float()
     if (sample_features is None) != (train_features is None):
         raise ValueError("give both sample_features and train_features, or neither (pixel space)")
     dist, idx = _nearest(qs, pool, k)
-    s3, t3 = s.expand(-1, 3, -1, -1).clone(), t.expand(-1, 3, -1, -1)
+    neighbour_grid(storage, rel, s, t[idx])
+    return dist
+
+
+def neighbour_grid(storage: Storage, rel: str, samples, neighbours) -> str:
+    """PNG: one row per sample, the sample (red frame) then its neighbours ``(n, k, C, H, W)``
+    (found by :func:`nearest_neighbour_grid` in memory, or chunk by chunk over a large dataset)."""
+    from torchvision.utils import make_grid
+
+    s = _as_images(samples)
+    t = _as_images(torch.as_tensor(neighbours).flatten(0, 1)).unflatten(0, tuple(neighbours.shape[:2]))
+    s3, t3 = s.expand(-1, 3, -1, -1).clone(), t.expand(-1, -1, 3, -1, -1)
     s3[:, :, [0, -1], :] = s3.new_tensor([1.0, 0.0, 0.0])[:, None, None]
     s3[:, :, :, [0, -1]] = s3.new_tensor([1.0, 0.0, 0.0])[:, None, None]
-    rows = torch.cat([s3[:, None], t3[idx]], 1).flatten(0, 1)  # (n * (k + 1), 3, H, W)
-    storage.write_bytes(rel, _png(make_grid(_upscale(rows), nrow=k + 1, padding=2, pad_value=1.0)))
-    return dist
+    rows = torch.cat([s3[:, None], t3], 1).flatten(0, 1)  # (n * (k + 1), 3, H, W)
+    storage.write_bytes(rel, _png(make_grid(_upscale(rows), nrow=t.shape[1] + 1, padding=2, pad_value=1.0)))
+    return rel
 
 
 # --------------------------------------------------------------------- plots

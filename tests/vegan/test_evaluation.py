@@ -4,24 +4,34 @@ import torch
 
 from vegan.config import DataConfig, EvalConfig
 from vegan.evaluation import (
-    _decode,
     _gaussian_fit,
     check_extractor,
-    disjoint_from,
-    held_out_data,
+    code_moments,
+    held_out,
     held_out_split,
     make_evaluate_fn,
+    row_digests,
+    rows_matching,
 )
+from vegan.metrics.sources import Decoded, ZarrCodes
 
 
 def test_decode_keeps_vector_outputs_unclamped():
     codes = torch.tensor([[-4.0, 4.0], [2.0, -2.0]])
-    assert torch.equal(_decode(torch.nn.Identity(), codes, batch=1), codes)
+    assert torch.equal(Decoded(torch.nn.Identity(), codes, (2,), "k", batch=1).rows(0, 2), codes)
+    images = Decoded(torch.nn.Unflatten(1, (1, 1, 2)), codes, (1, 1, 2), "k")
+    assert images.rows(0, 2).flatten(1).tolist() == [[0.0, 1.0], [1.0, 0.0]]  # images are clamped
 
 
-def test_gaussian_fit_matches_code_statistics():
+def test_gaussian_fit_matches_code_statistics_streamed_over_chunks(tmp_path):
+    import zarr
+
     codes = np.random.default_rng(0).normal([1.0, -2.0], [0.5, 2.0], size=(5000, 2)).astype(np.float32)
-    fit = _gaussian_fit(codes, 20000, seed=0)
+    zarr.open_group(str(tmp_path / "c.zarr"), mode="w").create_array("codes", data=codes, chunks=(700, 2))
+    mean, cov = code_moments(ZarrCodes(str(tmp_path / "c.zarr")))  # 8 chunks, two passes
+    np.testing.assert_allclose(mean, codes.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(codes, rowvar=False), rtol=1e-10)
+    fit = _gaussian_fit(mean, cov, 20000, seed=0)
     np.testing.assert_allclose(fit.mean(0), [1.0, -2.0], atol=0.05)
     np.testing.assert_allclose(fit.std(0), [0.5, 2.0], rtol=0.05)
 
@@ -64,25 +74,33 @@ def test_held_out_split_needs_four_examples():
         held_out_split(3, 100)
 
 
-def test_disjoint_from_drops_exactly_the_shared_rows():
-    x, y = torch.arange(24.0).reshape(6, 4), torch.arange(6)
-    kept, labels, dropped = disjoint_from(x, y, torch.cat([x[[1, 4]], torch.full((1, 4), -1.0)]))
-    assert dropped == 2 and labels.tolist() == [0, 2, 3, 5] and torch.equal(kept, x[[0, 2, 3, 5]])
-    assert disjoint_from(x, None, -x - 1)[2] == 0
+def test_rows_matching_finds_exactly_the_shared_rows():
+    from vegan.data import Dataset
+
+    x = Dataset("x", torch.arange(24.0).reshape(6, 4), None, chunk_rows=4)  # two chunks
+    probe = Dataset("p", torch.cat([x.data[[4, 1]], torch.full((1, 4), -1.0)]), None)
+    found = rows_matching(x, row_digests(probe, np.arange(3)))
+    assert sorted(r for rows in found.values() for r in rows) == [1, 4] and len(found) == 2
+    assert rows_matching(x, row_digests(Dataset("n", -x.data - 1, None), np.arange(6))) == {}
 
 
-def test_held_out_data_of_a_dataset_without_test_split(tmp_path):
-    """A .npz has no test split: held-out rows are those beyond the training limit, if any are left."""
+def test_held_out_rows_of_a_dataset_without_test_split(tmp_path):
+    """A .npz has no test split: held-out rows are those beyond the training limit, if any are left,
+    less any that duplicates a training row."""
     from vegan.data import load_dataset
 
     rows = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    rows[15] = rows[2]  # a duplicate of a training row beyond the limit: not held out
     np.savez(tmp_path / "d.npz", x=rows)
     cfg = DataConfig(name=str(tmp_path / "d.npz"), limit=8)
-    train = load_dataset(cfg).data
-    held = held_out_data(train, cfg, n_samples=100)
-    assert len(held) == 12 and not _rows(held) & _rows(train)
-    everything = load_dataset(cfg.model_copy(update={"limit": 18})).data  # 2 rows left: too few, fall back
-    assert len(held_out_data(everything, cfg.model_copy(update={"limit": 18}), 100)) == 20
+    held = held_out(load_dataset(cfg), cfg, n_samples=100)
+    assert held.n_test == 11 and held.n == 5 and held.overlap == 0 and len(held.train_exclude) == 0
+    assert held.rows.tolist() == [8, 9, 10, 11, 12, 13, 14, 16, 17, 18]
+    everything = cfg.model_copy(update={"limit": 18})  # 2 rows left: too few, fall back to training rows
+    held = held_out(load_dataset(everything), everything, 100)
+    assert held.n_test == 20 and held.rows.tolist() == list(range(20))
+    assert held.overlap == 18  # rows 0-17 are the training rows themselves
+    assert held.train_exclude.tolist() == list(range(18))
 
 
 def test_check_extractor_explains_the_choice_and_refuses_domain_without_labels(tmp_path):
@@ -114,13 +132,21 @@ def test_domain_metrics_never_see_the_reference(tmp_path, monkeypatch):
     from vegan.storage import Storage
 
     seen: dict[str, torch.Tensor] = {}
-    for module, name, arg in ((extractors, "train_domain_classifier", "classifier"),
-                              (fidelity, "reference_features", "reference"),
+    take = extractors.TrainingRows.take
+
+    def spy_take(self, *args, **kwargs):  # the rows the classifier trains (and validates) on
+        x, y = take(self, *args, **kwargs)
+        seen["classifier"] = x
+        return x, y
+
+    monkeypatch.setattr(extractors.TrainingRows, "take", spy_take)
+    for module, name, arg in ((fidelity, "reference_features", "reference"),
                               (evaluation, "sample_sets", "reconstructed")):  # fmt: skip
         real = getattr(module, name)
 
         def spy(*args, _real=real, _arg=arg, **kwargs):
-            seen[_arg] = args[1] if _arg == "reconstructed" else args[0]
+            source = args[1] if _arg == "reconstructed" else args[0]
+            seen[_arg] = source.rows(0, len(source))
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
@@ -176,3 +202,20 @@ def test_make_evaluate_fn_scores_against_the_test_split_with_a_train_split_extra
     m = fn({"train": train[:100], "noise": noise})
     assert m["noise"]["fid"] > 3 * m["train"]["fid"]
     (weights,) = (tmp_path / "domain-classifier").glob("*.pt")  # trained once, on the training split
+
+
+@pytest.mark.parametrize("model", ["vae", "wgan-gp"])
+def test_model_sampler_decoded_by_chunk_is_model_sample(model):
+    """The model-sampler set draws the prior codes of ``model.sample`` (batches of 512) and decodes them
+    chunk by chunk, possibly on a worker: the same images as sampling in one process."""
+    from vegan.config import AEConfig
+    from vegan.models import build_model
+
+    net = build_model(AEConfig(model=model, latent_dim=4, width=8), (1, 8, 8)).eval()
+    n = 600  # two batches of prior draws
+    draws = torch.Generator().manual_seed(3)
+    z = torch.cat([net.prior_sample(min(512, n - i), draws) for i in range(0, n, 512)])
+    g = torch.Generator().manual_seed(3)
+    whole = torch.cat([net.sample(min(512, n - i), generator=g) for i in range(0, n, 512)]).clamp(0, 1)
+    chunked = Decoded(net, z, (1, 8, 8), "k", method="decode")
+    torch.testing.assert_close(torch.cat([chunked.rows(0, 100), chunked.rows(100, n)]), whole)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,28 @@ def test_bad_inputs(digits, change, match):
     args = {"x": x, "paired": paired, "generated": generated, **change}
     with pytest.raises(ValueError, match=match):
         finetune_decoder(_decoder(), args["x"], args["paired"], args["generated"], _cfg(), width=8, progress=False)
+
+
+def test_codes_streamed_from_zarr_match_codes_in_memory(digits, tmp_path):
+    """Images from a uint8 Zarr dataset, paired and generated codes from Zarr stores chunked unlike the
+    images: the same fine-tuning as with everything in memory (paired codes follow their images)."""
+    import zarr
+
+    from vegan.data import Dataset, ZarrDataset, ingest
+    from vegan.metrics.sources import ZarrCodes
+
+    x, paired, generated = digits
+    np.savez(tmp_path / "d.npz", x=(x.numpy() * 255).round().astype(np.uint8))
+    ingest(str(tmp_path / "d.npz"), str(tmp_path / "d.zarr"), chunk_rows=16, progress=False)
+    images = ZarrDataset(str(tmp_path / "d.zarr"))
+    group = zarr.open_group(str(tmp_path / "codes.zarr"), mode="w")
+    group.create_array("paired", data=paired.numpy(), chunks=(10, LATENT))
+    group.create_array("generated", data=generated.numpy(), chunks=(7, LATENT))
+    stored = [ZarrCodes(str(tmp_path / "codes.zarr"), name) for name in ("paired", "generated")]
+    cfg = _cfg(steps=8)
+    from_zarr = finetune_decoder(_decoder(), images, *stored, cfg, width=8, progress=False)
+    in_memory = Dataset("x", images.float_rows(0, len(images)), None, chunk_rows=16)
+    from_memory = finetune_decoder(_decoder(), in_memory, paired, generated, cfg, width=8, progress=False)
+    torch.testing.assert_close(_params(from_zarr.generator), _params(from_memory.generator))
+    losses = [{k: v for k, v in h.items() if k != "seconds"} for h in from_zarr.history]
+    assert losses == [{k: v for k, v in h.items() if k != "seconds"} for h in from_memory.history]

@@ -43,9 +43,10 @@ import os
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from vegan.config import config_hash
+from vegan.data.base import ChunkedRows, Dataset, to_float
 from vegan.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -352,36 +354,100 @@ def _rotate(x: torch.Tensor, turns: torch.Tensor, ks: tuple[int, ...]) -> torch.
     return out
 
 
+@dataclass
+class TrainingRows:
+    """The trained extractors' data: rows of a dataset (in memory or a lazy Zarr one) less ``exclude``.
+
+    ``exclude`` holds sorted dataset rows left out (training rows equal to a held-out row, for a
+    dataset without a separate test split). Position ``p`` of the remaining rows is dataset row
+    ``p + #{excluded rows <= that row}``, so nothing O(N) beyond the labels is built. Rows are
+    read by :func:`~vegan.metrics.sources.gather_rows` (chunk by chunk, on Dask workers when a
+    client is given): only the subsample a classifier trains on is ever in memory.
+    """
+
+    data: ChunkedRows
+    labels: torch.Tensor | None = None
+    exclude: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def __post_init__(self):
+        self.exclude = np.unique(np.asarray(self.exclude, dtype=np.int64))
+        if self.labels is not None and len(self.labels) != len(self.data):
+            raise ValueError(f"{len(self.data)} examples but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.data) - len(self.exclude)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def dataset_rows(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if not len(self.exclude):
+            return positions
+        shifted = self.exclude - np.arange(len(self.exclude))  # excluded row i has i excluded rows before it
+        return positions + np.searchsorted(shifted, positions, side="right")
+
+    def take(self, positions: np.ndarray, client=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw rows (``uint8`` images stay ``uint8``) and labels at ``positions`` (of the rows left after
+        ``exclude``)."""
+        from vegan.metrics.sources import gather_rows
+
+        rows = self.dataset_rows(positions)
+        x = torch.from_numpy(gather_rows(self.data, rows, client))
+        return x, (None if self.labels is None else self.labels[torch.from_numpy(rows)])
+
+    def content_key(self) -> str:
+        """Cache identity: the dataset's content hash, its length and the excluded rows."""
+        from vegan.metrics.sources import digest
+
+        return digest("training-rows", self.data.content_hash(), len(self.data), self.exclude,
+                      self.labels is not None)  # fmt: skip
+
+
+def as_training_rows(x: torch.Tensor | TrainingRows, y: torch.Tensor | None = None) -> TrainingRows:
+    if isinstance(x, TrainingRows):
+        return x
+    if y is not None and len(x) != len(y):
+        raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    return TrainingRows(Dataset("train", x, y), y)
+
+
 def train_domain_classifier(
-    x: torch.Tensor,
+    x: torch.Tensor | TrainingRows,
     y: torch.Tensor | None,
     steps: int = 300,
     max_examples: int = 10_000,
     batch_size: int = 64,
     seed: int = 0,
     task: str = "labels",
+    client=None,
 ) -> tuple[DomainClassifier, float]:
-    """Train on (a subsample of) ``x``; returns the model and its accuracy on a held-out 10% of ``x``.
+    """Train on a subsample of ``x``; returns the model and its accuracy on a held-out 10% of it.
 
-    ``task="labels"`` predicts the class labels ``y``; ``task="rotation"`` (images only,
-    ``y`` ignored) predicts the rotation applied to each image, which needs no labels.
+    ``x`` is a tensor (labels ``y``) or :class:`TrainingRows` (labels inside; ``y`` ignored):
+    only ``max_examples`` uniformly drawn rows are read, by chunk (on Dask workers with a
+    ``client``), so a dataset larger than memory works and the subsample is the same either way.
+    ``task="labels"`` predicts the class labels; ``task="rotation"`` (images only, labels
+    ignored) predicts the rotation applied to each image, which needs no labels.
     """
+    data = as_training_rows(x, y)
     if task == "labels":
-        if y is None:
+        if data.labels is None:
             raise ValueError("the domain classifier needs class labels for its training data")
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} examples but {len(y)} labels")
     elif task == "rotation":
-        if x.ndim != 4:
-            raise ValueError(f"the rotation pretext task needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        if len(data.shape) != 3:
+            raise ValueError(f"the rotation pretext task needs images (N, C, H, W), got examples of shape {data.shape}")
     else:
         raise ValueError(f"unknown classifier task {task!r}: labels or rotation")
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[:max_examples]
-    x = x[idx].float()
+    idx = torch.randperm(len(data), generator=g)[:max_examples]
+    x, y = data.take(idx.numpy(), client)  # images stay raw (uint8: a quarter of float32) until a batch
+    if x.ndim == 2:
+        x = to_float(x)
     ks = rotations_for(tuple(x.shape[1:])) if task == "rotation" else ()
     if task == "labels":
-        y = y[idx].long()
+        y = y.long()
     else:  # a fixed rotation per validation example; training batches draw fresh ones
         y = torch.randint(0, len(ks), (len(x),), generator=g)
     n_val = max(1, len(x) // 10) if len(x) >= 20 else 0
@@ -403,22 +469,22 @@ def train_domain_classifier(
             b = torch.randint(0, len(xt), (min(batch_size, len(xt)),), generator=g)
             if task == "rotation":
                 target = torch.randint(0, len(ks), (len(b),), generator=g)
-                inputs = _rotate(xt[b], target, ks)
+                inputs = to_float(_rotate(xt[b], target, ks))
             else:
-                inputs, target = xt[b], yt[b]
+                inputs, target = to_float(xt[b]), yt[b]
             loss = F.cross_entropy(model(inputs), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     model.eval().requires_grad_(False)
     with torch.no_grad():
-        model.feature_scale.copy_(model.embed(xt[:2048]).pow(2).mean().sqrt().clamp_min(1e-6))
-        acc = float((model(xv).argmax(1) == yv).float().mean()) if n_val else float("nan")
+        model.feature_scale.copy_(model.embed(to_float(xt[:2048])).pow(2).mean().sqrt().clamp_min(1e-6))
+        acc = float((model(to_float(xv)).argmax(1) == yv).float().mean()) if n_val else float("nan")
     return model, acc
 
 
 def load_or_train_domain_classifier(
-    x: torch.Tensor,
+    x: torch.Tensor | TrainingRows,
     y: torch.Tensor | None,
     data_hash: str,
     cache: Storage | None = None,
@@ -426,9 +492,10 @@ def load_or_train_domain_classifier(
     max_examples: int = 10_000,
     seed: int = 0,
     task: str = "labels",
+    client=None,
 ) -> TrainedClassifier:
     """The classifier for a training set, cached by its content hash, task and training settings."""
-    if task == "labels" and y is None:
+    if task == "labels" and (x.labels if isinstance(x, TrainingRows) else y) is None:
         raise ValueError(
             "extractor 'domain' trains a classifier on the training split's labels, and this data has none: "
             "use extractor='auto' or 'selfsup' (label-free), or 'inception-tf'"
@@ -445,7 +512,9 @@ def load_or_train_domain_classifier(
         model.eval().requires_grad_(False)
         return TrainedClassifier(model, key, blob["accuracy"], 0.0, cached=True)
     t0 = time.perf_counter()
-    model, acc = train_domain_classifier(x, y, steps=steps, max_examples=max_examples, seed=seed, task=task)
+    model, acc = train_domain_classifier(
+        x, y, steps=steps, max_examples=max_examples, seed=seed, task=task, client=client
+    )
     seconds = time.perf_counter() - t0
     log.info("%s classifier trained in %.1f s, held-out accuracy %.3f", task, seconds, acc)
     if cache is not None:

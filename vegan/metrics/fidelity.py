@@ -10,9 +10,12 @@ functions instead of calling ``calculate_metrics`` on datasets, for two reasons:
   can never reuse stale statistics. With TF-Inception the features of every
   scored set are cached the same way (``set-features/``): at ~0.1 s per image a
   10k-image evaluation that stops half-way resumes without redoing finished sets;
-* images stream through the extractor in chunks (uint8 at native size until a
-  chunk is resized to 299x299 inside the extractor), optionally on dask
-  workers, so memory is bounded by ``batch_size`` and never by the set size.
+* a set is a tensor or a row source (:mod:`vegan.metrics.sources`: dataset rows,
+  decoded codes, reconstructions) whose rows are made chunk by chunk where the
+  chunk runs: in this process, or as a Dask task that builds the extractor once
+  per worker and returns only features. Images are resized to 299x299 inside
+  the extractor, ``batch_size`` at a time, so memory is bounded by a chunk and
+  never by the set size, and the driver never holds a set's images.
 
 The extractors are the registered torch-fidelity ones, so the same names also
 work with ``torch_fidelity.calculate_metrics``.
@@ -41,12 +44,14 @@ from vegan.metrics.extractors import (
     INCEPTION_TF_OFFLINE,
     SELFSUP,
     TRAINED,
+    TrainingRows,
     choose_extractor,
     load_inception,
     load_or_train_domain_classifier,
     resolve_precision,
 )
 from vegan.metrics.prdc import prdc
+from vegan.metrics.sources import RowSource, TensorRows, as_source, head
 from vegan.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -91,18 +96,23 @@ def _isc_layer(cls: type[FeatureExtractorBase]) -> str | None:
 
 def feature_space(
     cfg: EvalConfig,
-    train: torch.Tensor | None = None,
+    train: torch.Tensor | TrainingRows | None = None,
     train_labels: torch.Tensor | None = None,
     train_hash: str | None = None,
     cache: Storage | None = None,
+    client=None,
 ) -> FeatureSpace:
     """Build the extractor named by ``cfg.extractor`` (``auto`` included; see
     :func:`~vegan.metrics.extractors.choose_extractor`).
 
     The trained extractors (``domain``, ``selfsup``) learn from ``train`` (with
     ``train_labels`` for ``domain``): data disjoint from the reference set, normally
-    the training split. ``train_hash`` identifies that content in the classifier cache.
+    the training split, as a tensor or as :class:`~vegan.metrics.extractors.TrainingRows`
+    (a dataset read by chunk, with its labels; on the workers of ``client``). ``train_hash``
+    identifies that content in the classifier cache.
     """
+    if isinstance(train, TrainingRows):
+        train_labels = train.labels
     name, why = choose_extractor(cfg.extractor, has_labels=train_labels is not None)
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     kwargs: dict[str, Any] = {}
@@ -114,9 +124,11 @@ def feature_space(
                 "reference set: pass train= (and train_labels= for 'domain')"
             )
         task = "rotation" if name == SELFSUP else "labels"
+        if train_hash is None:
+            train_hash = train.content_key() if isinstance(train, TrainingRows) else tensor_hash(train, train_labels)
         trained = load_or_train_domain_classifier(
-            train, train_labels, train_hash or tensor_hash(train, train_labels), cache,
-            steps=cfg.domain_steps, max_examples=cfg.domain_max_examples, seed=cfg.seed, task=task,
+            train, train_labels, train_hash, cache, steps=cfg.domain_steps, max_examples=cfg.domain_max_examples,
+            seed=cfg.seed, task=task, client=client,
         )  # fmt: skip
         kwargs["domain_classifier"] = trained.model
         fingerprint = f"{name}-{trained.key}"
@@ -148,7 +160,8 @@ def feature_space(
             "extractor='inception-tf' (local TorchScript TF-Inception), 'domain' or 'selfsup'"
         ) from exc
     extractor.to(resolve_device(cfg.device))
-    return FeatureSpace(extractor, fingerprint, layer, isc_layer, {"name": name, "layers": layers, **kwargs}, info)
+    build = {"name": name, "layers": layers, "device": cfg.device, **kwargs}
+    return FeatureSpace(extractor, fingerprint, layer, isc_layer, build, info)
 
 
 # ----------------------------------------------------------------- extraction
@@ -169,49 +182,87 @@ def _run_chunk(extractor: FeatureExtractorBase, chunk: torch.Tensor) -> dict[str
     return {k: v.detach().float().cpu() for k, v in extractor.convert_features_tuple_to_dict(out).items()}
 
 
+def _features_of(
+    source: RowSource, lo: int, hi: int, batch_size: int, extractor: FeatureExtractorBase
+) -> dict[str, torch.Tensor]:
+    """Features of rows ``[lo, hi)`` of ``source``: the rows are made here (read, decoded), then
+    go through the extractor ``batch_size`` at a time. The one per-chunk code path, in this
+    process or in a Dask task."""
+    x = source.rows(lo, hi)
+    parts = [_run_chunk(extractor, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 _WORKER_EXTRACTORS: dict[str, FeatureExtractorBase] = {}
 
 
-def _run_chunk_on_worker(chunk: torch.Tensor, fingerprint: str, build_kwargs: dict) -> dict[str, torch.Tensor]:
-    """Dask task: build the extractor once per worker process, then run one chunk."""
+def _worker_extractor(fingerprint: str, build_kwargs: dict) -> FeatureExtractorBase:
+    """The extractor, built once per worker process (on the worker's GPU when it has one and the
+    config allows)."""
     if fingerprint not in _WORKER_EXTRACTORS:
         kwargs = dict(build_kwargs)
-        name, layers = kwargs.pop("name"), kwargs.pop("layers")
-        _WORKER_EXTRACTORS[fingerprint] = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
-    return _run_chunk(_WORKER_EXTRACTORS[fingerprint], chunk)
+        name, layers, device = kwargs.pop("name"), kwargs.pop("layers"), kwargs.pop("device", "cpu")
+        extractor = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
+        _WORKER_EXTRACTORS[fingerprint] = extractor.to(resolve_device(device))
+    return _WORKER_EXTRACTORS[fingerprint]
+
+
+def _features_task(
+    source: RowSource, lo: int, hi: int, batch_size: int, fingerprint: str, build_kwargs: dict
+) -> dict[str, torch.Tensor]:
+    """Dask task: features of one chunk of a set."""
+    return _features_of(source, lo, hi, batch_size, _worker_extractor(fingerprint, build_kwargs))
+
+
+CHUNK_ROWS = 1024
+"""Rows per feature-extraction task (rounded to a multiple of the batch size): few enough tasks for
+a 10k-image set, small enough that a task's images fit any worker."""
+
+
+def chunk_bounds(n: int, batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+    step = max(batch_size, chunk_rows // batch_size * batch_size)
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
 def extract_features(
-    x: torch.Tensor,
+    x: torch.Tensor | RowSource,
     space: FeatureSpace,
     batch_size: int = 64,
     client=None,
     progress: bool = False,
     desc: str = "features",
+    resources: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Features of ``x`` (float images in [0, 1] or vectors) for every layer of ``space``, chunk by chunk.
+    """Features of ``x`` (float images in [0, 1] or vectors, or a row source) for every layer of
+    ``space``, chunk by chunk.
 
-    With a dask ``client`` the chunks are mapped to its workers, each of which
-    builds the extractor once; results come back in order.
+    With a dask ``client`` each chunk is a task: the worker builds the extractor once, makes
+    its rows itself (a source pickles small: a dataset URL, codes, a decoder) and returns only
+    features, so the driver holds ``n x feature_dim`` floats and never the images. Without
+    one the same per-chunk function runs here. Results come back in order.
     """
-    chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+    source = as_source(x)
+    bounds = chunk_bounds(len(source), batch_size)
     if client is None:
-        parts = [_run_chunk(space.extractor, c) for c in tqdm(chunks, desc=desc, disable=not progress, leave=False)]
+        parts = [_features_of(source, lo, hi, batch_size, space.extractor)
+                 for lo, hi in tqdm(bounds, desc=desc, disable=not progress, leave=False)]  # fmt: skip
     else:
-        build = client.scatter(space.build_kwargs, broadcast=True)
-        futures = client.map(_run_chunk_on_worker, chunks, fingerprint=space.fingerprint, build_kwargs=build)
+        [src, build] = client.scatter([source, space.build_kwargs], broadcast=True, hash=False)
+        futures = [client.submit(_features_task, src, lo, hi, batch_size, space.fingerprint, build,
+                                 pure=False, retries=2, resources=resources) for lo, hi in bounds]  # fmt: skip
         parts = client.gather(futures)
     return {layer: torch.cat([p[layer] for p in parts]) for layer in space.layers}
 
 
 def reference_features(
-    real: torch.Tensor,
+    real: torch.Tensor | RowSource,
     space: FeatureSpace,
     data_hash: str,
     cache: Storage | None = None,
     batch_size: int = 64,
     client=None,
     progress: bool = False,
+    resources: dict | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Features of the reference set, cached per (data hash, extractor fingerprint, layer).
 
@@ -221,11 +272,13 @@ def reference_features(
     the 10k test-set features are computed once per extractor and settings and
     then reused by every run and set sharing the cache.
     """
-    return _cached_features(real, space, data_hash, cache, batch_size, client, progress, "reference features")
+    return _cached_features(
+        real, space, data_hash, cache, batch_size, client, progress, "reference features", resources=resources
+    )
 
 
 def _cached_features(
-    x: torch.Tensor,
+    x: torch.Tensor | RowSource,
     space: FeatureSpace,
     data_hash: str,
     cache: Storage | None,
@@ -234,13 +287,14 @@ def _cached_features(
     progress: bool,
     desc: str,
     folder: str = "reference-features",
+    resources: dict | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     rels = {layer: f"{folder}/{data_hash}/{space.fingerprint}/{layer}.pt" for layer in space.layers}
     if cache is not None and all(cache.exists(r) for r in rels.values()):
         blobs = {layer: cache.load_torch(r) for layer, r in rels.items()}
         if all(b["n"] == len(x) for b in blobs.values()):
             return {layer: b["features"] for layer, b in blobs.items()}, True
-    feats = extract_features(x, space, batch_size, client, progress, desc=desc)
+    feats = extract_features(x, space, batch_size, client, progress, desc=desc, resources=resources)
     if cache is not None:
         for layer, rel in rels.items():
             cache.save_torch(rel, {"features": feats[layer], "n": len(x), "data_hash": data_hash,
@@ -284,51 +338,53 @@ def compare_features(
 
 
 def evaluate_sets(
-    real: torch.Tensor,
-    sets: dict[str, torch.Tensor],
+    real: torch.Tensor | RowSource,
+    sets: dict[str, torch.Tensor | RowSource],
     cfg: EvalConfig,
     cache: Storage | None = None,
     real_hash: str | None = None,
-    train: torch.Tensor | None = None,
+    train: torch.Tensor | TrainingRows | None = None,
     train_labels: torch.Tensor | None = None,
     train_hash: str | None = None,
     progress: bool = True,
     client=None,
     space: FeatureSpace | None = None,
+    resources: dict | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each generated set against ``real``: ``{set: {fid, kid_mean, ..., coverage}}``.
 
     ``real`` and the sets are float images in [0, 1] (N, C, H, W) or, with the
-    domain extractor only, vectors (N, D); at most ``cfg.n_samples`` of each
-    (the first ones) are used. ``real_hash`` must be a content hash of ``real``
-    (computed when omitted). The trained extractors learn from ``train`` /
-    ``train_labels`` (see :func:`feature_space`), which must not contain the
-    reference images; pass a ready ``space`` to reuse one (and read its ``info``).
-    The domain classifier adds an Inception-Score-style ``is_mean``/``is_std``.
+    domain extractor only, vectors (N, D), as tensors or as row sources
+    (:mod:`vegan.metrics.sources`: made chunk by chunk, on the workers of ``client``);
+    at most ``cfg.n_samples`` of each (the first ones) are used. ``real_hash`` must be a
+    content hash of a tensor ``real`` (computed when omitted; a source carries its ``key``).
+    The trained extractors learn from ``train`` / ``train_labels`` (see :func:`feature_space`),
+    which must not contain the reference images; pass a ready ``space`` to reuse one (and
+    read its ``info``). The domain classifier adds an Inception-Score-style ``is_mean``/``is_std``.
     """
     if not sets:
         raise ValueError("evaluate_sets needs at least one generated set")
-    real_hash = real_hash or tensor_hash(real)
+    if isinstance(real, torch.Tensor):
+        real = TensorRows(real, key=real_hash or tensor_hash(real))
     if space is None:
-        space = feature_space(cfg, train, train_labels, train_hash, cache)
+        space = feature_space(cfg, train, train_labels, train_hash, cache, client=client)
     log.info("evaluating with %s", space.info)
-    ref_x = real[: cfg.n_samples]
+    ref_x = head(real, cfg.n_samples, keep_key=True)
     ref, cached = reference_features(
-        ref_x, space, f"{real_hash}-n{len(ref_x)}", cache, cfg.batch_size, client, progress
+        ref_x, space, f"{real.key}-n{len(ref_x)}", cache, cfg.batch_size, client, progress, resources
     )
     log.info("reference features %s", "loaded from cache" if cached else "computed")
     out = {}
     for name, x in sets.items():
-        if tuple(x.shape[1:]) != tuple(real.shape[1:]):
-            raise ValueError(
-                f"set {name!r} has examples of shape {tuple(x.shape[1:])}, reference {tuple(real.shape[1:])}"
-            )
-        x = x[: cfg.n_samples]
+        x = as_source(x[: cfg.n_samples] if isinstance(x, torch.Tensor) else x)
+        if tuple(x.shape) != tuple(real.shape):
+            raise ValueError(f"set {name!r} has examples of shape {tuple(x.shape)}, reference {tuple(real.shape)}")
+        x = head(x, cfg.n_samples)
         if cache is None or space.fingerprint.startswith(TRAINED):  # cheap features: not worth the storage
-            gen = extract_features(x, space, cfg.batch_size, client, progress, desc=name)
+            gen = extract_features(x, space, cfg.batch_size, client, progress, desc=name, resources=resources)
         else:  # TF-Inception: an interrupted 10k-image evaluation resumes without redoing finished sets
-            gen, hit = _cached_features(x, space, f"{tensor_hash(x)}-n{len(x)}", cache, cfg.batch_size, client,
-                                        progress, name, folder="set-features")  # fmt: skip
+            gen, hit = _cached_features(x, space, f"{x.key}-n{len(x)}", cache, cfg.batch_size, client,
+                                        progress, name, folder="set-features", resources=resources)  # fmt: skip
             log.info("features of set %r %s", name, "loaded from cache" if hit else "computed")
         out[name] = compare_features(ref, gen, space, cfg)
     return out

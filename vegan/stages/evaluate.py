@@ -1,4 +1,8 @@
-"""Stage ``eval``: score every sample set against held-out data and write the report."""
+"""Stage ``eval``: score every sample set against held-out data and write the report.
+
+With a run-wide cluster (``cluster.address``) the sets are made and their features extracted on its
+workers, chunk by chunk; the driver gets features back, never the dataset (:mod:`vegan.evaluation`).
+"""
 
 from __future__ import annotations
 

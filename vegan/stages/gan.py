@@ -1,4 +1,8 @@
-"""Stage ``gan``: AE-OT-GAN fine-tuning of the decoder on real and generated codes."""
+"""Stage ``gan``: AE-OT-GAN fine-tuning of the decoder on real and generated codes.
+
+Images stream from the dataset's chunks and codes from the latents and generate stages' Zarr
+stores (:class:`~vegan.metrics.sources.ZarrCodes`), so nothing O(N) is held in memory.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,8 @@ from vegan.stages.base import Stage, StageContext
 
 
 def finetune_gan(run: StageContext) -> dict[str, Any]:
-    import torch
-
     from vegan.checkpoint import CheckpointDir
+    from vegan.evaluation import stage_codes
     from vegan.gan import finetune_decoder
 
     g = run.cfg.gan
@@ -20,8 +23,8 @@ def finetune_gan(run: StageContext) -> dict[str, Any]:
     res = finetune_decoder(
         run.model.decoder,
         run.dataset,
-        torch.from_numpy(run.codes),
-        torch.from_numpy(run.generated_codes),
+        stage_codes(run, "latents"),
+        stage_codes(run, "generate"),
         g,
         CheckpointDir(out, g.keep_checkpoints),
         arch=run.cfg.ae.arch,
@@ -40,5 +43,7 @@ STAGE = Stage(
     title="fine-tune decoder (AE-OT-GAN)",
     upstream=("ae", "latents", "generate"),
     gpu=True,
-    version=2,  # version 2: real images stream from dataset chunks, a different batch order than version 1's
+    # version 2: real images stream from dataset chunks; version 3: generated codes stream by chunk too
+    # (a different order of generated codes than version 2's per-epoch permutation).
+    version=3,
 )
