@@ -254,6 +254,11 @@ def _check_store(group: zarr.Group, store, expected_dim: int | None) -> None:
         raise LatentError(f"latent dimension mismatch: store has {dim}, model expects {expected_dim}")
 
 
+def check_store(store, expected_dim: int | None = None) -> None:
+    """Raise :class:`LatentError` unless ``store`` is a complete latent store (reads the markers, not the codes)."""
+    _check_store(open_latents(store), store, expected_dim)
+
+
 def load_codes(store, expected_dim: int | None = None) -> np.ndarray:
     """All codes as a float32 array, after checking the store is complete and finite (small runs only)."""
     group = open_latents(store)

@@ -211,9 +211,9 @@ class NewtonSolver:
 
     # ------------------------------------------------------------ state
     def init(self, problem: OTProblem, h0: np.ndarray | None = None) -> SolverState:
-        h = voronoi_potential(problem.y) if h0 is None else np.asarray(h0, dtype=np.float64).copy()
+        h = -0.5 * problem.sq_norms if h0 is None else np.asarray(h0, dtype=np.float64).copy()
         # A first margin of 1 % of the score range; it adapts to `pair_share` within a few steps.
-        spread = float(np.abs(problem.y).sum(axis=1).max() + np.ptp(h))
+        spread = float(problem.max_abs_row_sum + np.ptp(h))
         return SolverState(h=h, n_samples=self.first_samples(problem), margin=0.01 * max(spread, 1e-12))
 
     def done(self, state: SolverState) -> bool:
