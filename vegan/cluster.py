@@ -170,16 +170,25 @@ class Tasks:
     def __init__(self, client: "Client | None" = None, resources: dict | None = None, retries: int = 2):
         self.client, self.resources, self.retries = client, resources, retries
 
-    def submit(self, fn, *args, light: bool = False, **kwargs):
-        """``fn(*args, **kwargs)`` as a task. ``light``: bookkeeping that may run on any worker (no resources)."""
+    def submit(self, fn, *args, light: bool = False, worker: int | None = None, **kwargs):
+        """``fn(*args, **kwargs)`` as a task. ``light``: bookkeeping that may run on any worker (no resources).
+
+        ``worker``: prefer worker number ``worker`` (modulo the count; another takes over when it is gone),
+        so that the tasks of one target shard keep finding their rows loaded.
+        """
         if self.client is None:
             return _Done(fn(*[_value(a) for a in args], **{k: _value(v) for k, v in kwargs.items()}))
+        where = {}
+        if worker is not None:
+            addresses = self.addresses()
+            where = {"workers": [addresses[worker % len(addresses)]], "allow_other_workers": True}
         return self.client.submit(
             fn,
             *args,
             pure=False,
             retries=self.retries,
             resources=None if light else self.resources,
+            **where,
             **kwargs,
         )
 
@@ -231,21 +240,26 @@ class Tasks:
             level = nxt + ([level[-1]] if len(level) % 2 else [])
         return level[0]
 
+    def _workers(self) -> dict[str, dict]:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        if self.resources:
+            fit = {a: w for a, w in workers.items() if all(w.get("resources", {}).get(k) for k in self.resources)}
+            workers = fit or workers
+        return workers
+
+    def addresses(self) -> list[str]:
+        """Addresses of the workers that take this executor's tasks, sorted."""
+        if getattr(self, "_addresses", None) is None:
+            self._addresses = sorted(self._workers())
+        return self._addresses
+
     def worker_memory_limit(self) -> int | None:
         """The smallest memory limit (bytes) among the workers that take this executor's tasks, or None."""
         if self.client is None:
             return None
-        workers = list(self.client.scheduler_info(n_workers=-1)["workers"].values())
-        if self.resources:
-            workers = [w for w in workers if all(w.get("resources", {}).get(k) for k in self.resources)] or workers
-        limits = [int(w.get("memory_limit") or 0) for w in workers]
+        limits = [int(w.get("memory_limit") or 0) for w in self._workers().values()]
         limits = [v for v in limits if v > 0]
         return min(limits) if limits else None
 
     def n_workers(self) -> int:
-        if self.client is None:
-            return 1
-        workers = list(self.client.scheduler_info(n_workers=-1)["workers"].values())
-        if self.resources:
-            workers = [w for w in workers if all(w.get("resources", {}).get(k) for k in self.resources)] or workers
-        return max(1, len(workers))
+        return 1 if self.client is None else max(1, len(self._workers()))

@@ -219,22 +219,13 @@ class DaskEvaluator:
     def _targets(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
         kw = self._kwargs(tag, iteration, slice_size, margin)
-        level = [
-            self.client.submit(
-                _shard_task,
-                ys,
-                a,
-                hf[a : a + len_],
-                k,
-                pure=False,
-                retries=TASK_RETRIES,
-                resources=self.resources,
-                **kw,
-            )
-            for (a, ys), len_ in zip(self.shards, self._shard_lengths())
+        tasks = Tasks(self.client, self.resources, TASK_RETRIES)
+        level = [  # shard i prefers worker i, so its rows are loaded once per solve
+            tasks.submit(_shard_task, ys, a, hf[a : a + len_], k, worker=i, **kw)
+            for i, ((a, ys), len_) in enumerate(zip(self.shards, self._shard_lengths()))
         ]
         # Pairwise tree, order kept so lower shards stay on the left.
-        root = Tasks(self.client, retries=TASK_RETRIES).tree(_merge_task, level, light=True)
+        root = tasks.tree(_merge_task, level, light=True)
         best, idx, sec_v, sec_i = root.result()
         counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64)
         sums = np.array(

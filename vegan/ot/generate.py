@@ -278,13 +278,23 @@ class _Targets:
         h = _as_potential(result.h, n)
         self.h = [tasks.scatter(np.ascontiguousarray(h[a:b])) for a, b in spans]
 
+    def _prefer(self, shard: int) -> int | None:
+        """Shard ``i`` prefers worker ``i`` when there are several shards (its rows stay loaded there)."""
+        return shard if len(self.shards) > 1 else None
+
     def best_cells(self, fn, *args, **kw):
         """``fn`` per shard, merged as a fixed tree (top-1 by ``_merge_best``)."""
-        parts = [self.tasks.submit(fn, rows, h, a, *args, **kw) for (a, rows), h in zip(self.shards, self.h)]
+        parts = [
+            self.tasks.submit(fn, rows, h, a, *args, worker=self._prefer(i), **kw)
+            for i, ((a, rows), h) in enumerate(zip(self.shards, self.h))
+        ]
         return self.tasks.tree(_merge_best, parts, light=True)
 
     def topk(self, block: int, k: int, **kw):
-        parts = [self.tasks.submit(_topk, rows, h, a, block, k=k, **kw) for (a, rows), h in zip(self.shards, self.h)]
+        parts = [
+            self.tasks.submit(_topk, rows, h, a, block, k=k, worker=self._prefer(i), **kw)
+            for i, ((a, rows), h) in enumerate(zip(self.shards, self.h))
+        ]
         return self.tasks.tree(_merge_topk, parts, k, light=True)
 
 
