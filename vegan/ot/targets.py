@@ -256,12 +256,21 @@ def load_rows(src: Any, device: torch.device | str = "cpu") -> torch.Tensor:
         while _CACHE and budget is not None and sum(t.nbytes for _, t in _CACHE.values()) + nbytes > budget:
             _CACHE.popitem(last=False)
     if isinstance(src, TargetRows):
-        t = torch.from_numpy(scale_rows(src.store.read(src.lo, src.stop), src.center, src.scale)).to(device)
+        t = torch.from_numpy(_read_scaled(src)).to(device)
     else:
         t = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).to(device)
     with _CACHE_LOCK:
         _CACHE[key] = (src, t)  # the entry keeps `src` alive, so its id cannot be reused while cached
     return t
+
+
+def _read_scaled(src: TargetRows) -> np.ndarray:
+    """Scaled rows block by block: the float64 working copy is one block, not the whole range."""
+    out = np.empty((src.stop - src.lo, src.store.d), dtype=np.float32)
+    for a in range(src.lo, src.stop, BLOCK_ROWS):
+        b = min(src.stop, a + BLOCK_ROWS)
+        out[a - src.lo : b - src.lo] = scale_rows(src.store.read(a, b), src.center, src.scale)
+    return out
 
 
 def cached_rows(src: TargetRows) -> torch.Tensor | None:
