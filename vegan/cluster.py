@@ -9,6 +9,11 @@ dask-kubernetes). :func:`connect` opens it; the pipeline keeps the client in
 the process's *active* client (:func:`active_client`) so that orchestrator
 tasks that rebuild their ``Run`` (``tasks/stages.py``) find the same one.
 
+:class:`Tasks` is the one way heavy library code submits work: the same calls run
+on the client, or in this process when there is none, in the same order, so
+results do not depend on whether a cluster is used (OT counting, code
+statistics, generation).
+
 Torch in a worker gets one thread per worker thread: a worker process already
 is the unit of parallelism, and torch's default (one thread per core) in each
 of several workers only oversubscribes the cores.

@@ -154,25 +154,21 @@ class DaskEvaluator:
                 self._owned = [client]
         self.client = client
         self.resources = self._gpu_resources()
-        self.memory_limit = Tasks(client, self.resources).worker_memory_limit()
+        self.memory_limit = self._tasks().worker_memory_limit()
         self.mode = choose_mode(problem.n, problem.d, self.memory_limit) if mode == "auto" else mode
         log.info("OT counting on the cluster: %s mode (n=%d, d=%d)", self.mode, problem.n, problem.d)
         self._publish()
 
     # ----------------------------------------------------------- targets
-    def _workers(self) -> list[dict]:
-        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
-
     def _gpu_resources(self) -> dict | None:
         """``{"GPU": 1}`` when some workers advertise a GPU resource (``dask worker --resources GPU=1``):
         the counting tasks then run only there, while CPU workers keep the light work."""
-        return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in self._workers()) else None
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
-    def _n_workers(self) -> int:
-        workers = self._workers()
-        if self.resources:
-            workers = [w for w in workers if w.get("resources", {}).get("GPU")]
-        return max(1, len(workers))
+    def _tasks(self) -> Tasks:
+        """This iteration's executor (it lists the workers afresh: one may have died and been replaced)."""
+        return Tasks(self.client, self.resources, TASK_RETRIES)
 
     def _publish(self) -> None:
         """Put the targets where the tasks will find them (once per solve, again after a loss)."""
@@ -180,7 +176,7 @@ class DaskEvaluator:
         if self.mode == "samples":
             self.ysrc = p.rows() if p.y is None else self.client.scatter(p.y, broadcast=True, hash=False)
         else:
-            parts = _split(p.n, n_shards(p.n, p.d, self._n_workers(), self.memory_limit))
+            parts = _split(p.n, n_shards(p.n, p.d, self._tasks().n_workers(), self.memory_limit))
             # Rows in a store: each shard task reads its own rows (nothing passes through here).
             self.shards = [
                 (a, p.rows(a, b) if p.y is None else self.client.scatter(np.ascontiguousarray(p.y[a:b]), hash=False))
@@ -200,26 +196,15 @@ class DaskEvaluator:
 
     def _samples(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
-        futures = [
-            self.client.submit(
-                _count_task,
-                self.ysrc,
-                hf,
-                a,
-                b,
-                pure=False,
-                retries=TASK_RETRIES,
-                resources=self.resources,
-                **self._kwargs(tag, iteration, slice_size, margin),
-            )
-            for a, b in _split(k, self._n_workers())
-        ]
-        return Counts.concat(self.client.gather(futures), self.problem.n)
+        tasks = self._tasks()
+        kw = self._kwargs(tag, iteration, slice_size, margin)
+        futures = [tasks.submit(_count_task, self.ysrc, hf, a, b, **kw) for a, b in _split(k, tasks.n_workers())]
+        return Counts.concat(tasks.gather(futures), self.problem.n)
 
     def _targets(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
         kw = self._kwargs(tag, iteration, slice_size, margin)
-        tasks = Tasks(self.client, self.resources, TASK_RETRIES)
+        tasks = self._tasks()
         level = [  # shard i prefers worker i, so its rows are loaded once per solve
             tasks.submit(_shard_task, ys, a, hf[a : a + len_], k, worker=i, **kw)
             for i, ((a, ys), len_) in enumerate(zip(self.shards, self._shard_lengths()))

@@ -63,9 +63,10 @@ from vegan.ot.targets import TargetRows, ZarrTargets, load_rows, rows_by_index, 
 
 log = logging.getLogger(__name__)
 
-# Blocks per centroid task: enough work per Dask task, and a fixed grouping so the
+# Blocks per centroid task: one block (4,096 samples against every code) is already enough
+# work per task, and more tasks keep every worker busy. The grouping is fixed, so the
 # float64 sums are added in the same order with and without Dask.
-_CENTROID_BLOCKS_PER_TASK = 8
+_CENTROID_BLOCKS_PER_TASK = 1
 
 # Score buffer budget (floats) for one sample block x one target chunk (64 MB).
 _BUFFER_FLOATS = 1 << 24
