@@ -97,6 +97,20 @@ def test_ot_on_the_cluster_never_reads_codes_on_the_driver(codes, client, single
     assert res.marginal_error == single.marginal_error
 
 
+def test_a_cluster_solve_resumes_from_its_checkpoints(codes, client, single, tmp_path, monkeypatch):
+    """Stopped after 10 iterations and resumed (both from the store), it ends where one run of 25 does."""
+    from vegan.checkpoint import CheckpointDir
+    from vegan.storage import Storage
+
+    _, ref = codes
+    ckpt = CheckpointDir(Storage(str(tmp_path / "ot")))
+    with no_codes_here(monkeypatch, 6):
+        first = solve(ref, max_iter=10, client=client, checkpoints=ckpt, checkpoint_every=5, **KW)
+        assert first.iterations == 10 and ckpt.steps()[-1] == 10
+        res = solve(ref, max_iter=25, client=client, checkpoints=ckpt, checkpoint_every=5, **KW)
+    np.testing.assert_array_equal(res.h, single.h)
+
+
 def test_targets_mode_reads_one_shard_per_task_from_the_store(codes, client, single, monkeypatch):
     _, ref = codes
     with no_codes_here(monkeypatch, 6):
