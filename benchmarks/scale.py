@@ -90,8 +90,9 @@ def run_one(n: int, args) -> dict:
 
     torch.set_num_threads(1)
     work = Path(args.work) / f"n{n}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     out: dict = {"n": n, "chunk_rows": args.chunk_rows, "worker_memory_limit": args.memory_limit, "stages": {}}
     rss0 = peak_rss_mib()
     data_url = str(work / "data.zarr")
@@ -265,6 +266,12 @@ def main() -> None:
     )
     p.add_argument("--gen-centroids", type=int, default=8192, help="Monte Carlo samples for the centroids")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the stores a previous (interrupted) run left under --work: ingest and latents then skip "
+        "their finished chunks, so their figures measure the skip; ot and generate run in full",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one N
     p.add_argument("--skip-png", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -309,6 +316,7 @@ def main() -> None:
             str(args.gen_angle),
         ]
         cmd += (["--keep"] if args.keep else []) + (["--skip-png"] if i > 0 else [])
+        cmd += ["--resume"] if args.resume else []
         res = subprocess.run(
             cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )

@@ -28,8 +28,9 @@ import torch
 # Zarr codes (any chunking) are summed in the same order.
 BLOCK_ROWS = 1 << 16
 
-# Share of a worker's memory limit its cached target rows may take.
-CACHE_SHARE = 0.5
+# Share of a worker's memory limit its cached target rows may take. The kernel's working
+# copies of the shard in use come on top (see vegan.ot.distributed.BYTES_PER_VALUE).
+CACHE_SHARE = 0.15
 
 
 class TargetsError(ValueError):
@@ -236,9 +237,11 @@ def load_rows(src: Any, device: torch.device | str = "cpu") -> torch.Tensor:
     """The scaled rows of ``src`` (a :class:`TargetRows`, or a scattered / local array) as a float32 tensor.
 
     On a Dask worker the same tensor object comes back for repeated calls (the kernel
-    caches its screening copy per tensor): rows of other targets are dropped first, then
-    the oldest ranges, to stay within the worker's budget. Elsewhere only store rows are
-    cached (an array is wrapped without a copy).
+    caches its screening copy per tensor). Rows of other targets are dropped; a range
+    that does not fit the worker's budget next to those already held is loaded without
+    being kept (shards visited in a cycle would make an LRU cache miss every time, while
+    keeping the first ones lets those always hit). Elsewhere only store rows are cached
+    (an array is wrapped without a copy).
     """
     budget = _cache_budget()
     if not isinstance(src, TargetRows):
@@ -253,14 +256,14 @@ def load_rows(src: Any, device: torch.device | str = "cpu") -> torch.Tensor:
             return _CACHE[key][1]
         for k in [k for k in _CACHE if k[0] != key[0]]:
             del _CACHE[k]  # one set of targets per process at a time
-        while _CACHE and budget is not None and sum(t.nbytes for _, t in _CACHE.values()) + nbytes > budget:
-            _CACHE.popitem(last=False)
+        keep = budget is None or sum(t.nbytes for _, t in _CACHE.values()) + nbytes <= budget
     if isinstance(src, TargetRows):
         t = torch.from_numpy(_read_scaled(src)).to(device)
     else:
         t = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).to(device)
-    with _CACHE_LOCK:
-        _CACHE[key] = (src, t)  # the entry keeps `src` alive, so its id cannot be reused while cached
+    if keep:
+        with _CACHE_LOCK:
+            _CACHE[key] = (src, t)  # the entry keeps `src` alive, so its id cannot be reused while cached
     return t
 
 
