@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from vegan.config import ClusterConfig
 
@@ -207,9 +207,10 @@ class Tasks:
         earlier scatter of equal data, whose release would drop it)."""
         return value if self.client is None else self.client.scatter(value, broadcast=True, hash=False)
 
-    def ordered(self, start, jobs: Iterable, lookahead: int | None = None) -> Iterator:
+    def ordered(self, start, jobs: Iterable, lookahead: int | Callable[[], int] | None = None) -> Iterator:
         """``start(job)`` (which submits a job's tasks and returns the future of its result) in job order,
-        at most ``lookahead`` jobs ahead of the consumer.
+        at most ``lookahead`` jobs ahead of the consumer (a callable is asked again before each
+        submission, so a consumer that knows how many more results it needs can say so).
 
         Without a client each job runs when the consumer asks for it. When the consumer stops early,
         the jobs still pending are cancelled.
@@ -218,12 +219,13 @@ class Tasks:
             for job in jobs:
                 yield start(job)
             return
-        lookahead = lookahead or max(2, 2 * sum(self.client.nthreads().values()))
+        cap = max(2, 2 * sum(self.client.nthreads().values()))
+        ahead = lookahead if callable(lookahead) else (lambda: lookahead or cap)
         pending: deque = deque()
         it = iter(jobs)
         try:
             while True:
-                while len(pending) < lookahead:
+                while len(pending) < min(cap, max(1, ahead())):
                     job = next(it, _END)
                     if job is _END:
                         break

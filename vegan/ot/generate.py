@@ -438,11 +438,19 @@ def _draw(tg: _Targets, table, result, n, k, angle_threshold, seed, block_size, 
         )
         return part, tg.tasks.submit(_positions, part, light=True)
 
-    parts, accepted, drawn = [], 0, 0
+    parts, accepted, drawn, seen = [], 0, 0, 0
+
+    def ahead() -> int:
+        """Blocks still needed at the acceptance seen so far (optimistic before the first block):
+        blocks submitted beyond them would run and be thrown away."""
+        per_block = max(accepted / seen, 1.0) if seen else block_size
+        return math.ceil((n - accepted) / per_block)
+
     with _progress(n, "generate", progress) as bar:
-        blocks = tg.tasks.ordered(start, range(max_blocks))
+        blocks = tg.tasks.ordered(start, range(max_blocks), ahead)
         try:
             for part, positions in blocks:
+                seen += 1
                 pos = positions.result()
                 take = min(len(pos), n - accepted)
                 # Samples after the one that completes n were never needed: the

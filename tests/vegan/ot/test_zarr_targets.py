@@ -151,9 +151,12 @@ def test_generation_on_workers_fetches_codes_by_index_and_is_rerun_idempotent(
     y, ref = codes
     local = generate(y, single, **GEN)
     url = str(tmp_path / "samples.zarr")
-    with no_codes_here(monkeypatch, 6):
+    with no_codes_here(monkeypatch, 6), distributed.get_task_stream(client=client) as stream:
         info = generate_to_zarr(ref, single, url, client=client, shards=shards, chunk_rows=256, **GEN)
     assert (info["n"], info["chunks"], info["chunks_written"]) == (600, 3, 3)
+    # Only the blocks whose samples were used were started (no block ran to be thrown away).
+    used = -(-info["n_drawn"] // GEN["block_size"])
+    assert sum(t["key"].startswith("_topk-") for t in stream.data) == used * shards
     assert info["rejection_rate"] == pytest.approx(local.rejection_rate)
     group = zarr.open_group(url, mode="r")
     np.testing.assert_allclose(group["codes"][:], local.codes, rtol=0, atol=1e-5)
