@@ -392,8 +392,6 @@ def estimate_centroids(
 
 
 def _check_generate(result, n, k, angle_threshold, d) -> None:
-    if not isinstance(result, OTResult):
-        raise TypeError(f"result must be a vegan.ot.OTResult, got {type(result).__name__}")
     if result.center.shape != (d,):
         raise ValueError(f"result.center must have {d} values (the code dimension), got shape {result.center.shape}")
     if not isinstance(n, (int, np.integer)) or n < 1:
@@ -405,7 +403,7 @@ def _check_generate(result, n, k, angle_threshold, d) -> None:
 
 
 def _prepare(y, result, n, k, angle_threshold, seed, block_size, chunk, client, resources, shards):
-    if not isinstance(result, OTResult):
+    if not isinstance(result, OTResult):  # before anything reads result.h
         raise TypeError(f"result must be a vegan.ot.OTResult, got {type(result).__name__}")
     if not isinstance(y, ZarrTargets):
         y = as_codes(y, "y").astype(np.float64)
@@ -504,6 +502,8 @@ def generate(
     with and without it. For codes that should stay in a Zarr store, use
     :func:`generate_to_zarr`.
     """
+    if isinstance(y, ZarrTargets):
+        raise TypeError("generate() returns its codes in memory: for codes in a Zarr store use generate_to_zarr")
     y, chunk, tg = _prepare(y, result, n, k, angle_threshold, seed, block_size, chunk, client, None, 1)
     y_scaled = result.scale_codes(y)
     if centroids is None:
