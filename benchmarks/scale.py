@@ -1,4 +1,4 @@
-"""Scale-out benchmark of the data layer: ingest, streamed training batches, latents, code statistics.
+"""Scale-out benchmark: ingest, streamed training batches, ae (short), latents, code statistics, OT, generate.
 
 For each N it writes a synthetic uint8 Zarr dataset (MNIST digits with random
 shifts and flips, chunks generated and written by Dask workers), then measures,
@@ -10,6 +10,11 @@ on a LocalCluster of 2 workers with a memory limit and again on 1 worker:
 * ae       a short conv-AE training run fed by StreamBatches on the driver (s/step)
 * latents  extract_latents as a Dask map over chunks with an EncoderRef (images/s)
 * stats    code_stats (centre/scale for OT) streamed over code chunks on the workers (codes/s)
+* ot       a few OT iterations (``solve`` on the Zarr codes, ``mode=auto``): the workers compute the
+           scaling and count cells from the store; the driver holds h and the solver state (codes/s,
+           s per iteration, n x samples per s)
+* generate ``generate_to_zarr`` from the Zarr codes: top-k and mixing on the workers, output written
+           by chunk on the workers (generated codes/s)
 
 and the peak RSS of the driver (which also hosts the LocalCluster scheduler) and
 of every worker. Each N runs in its own process, so the driver's peak RSS is
@@ -72,16 +77,22 @@ def run_one(n: int, args) -> dict:
     import torch
     from distributed import Client, LocalCluster
 
+    from vegan.cluster import Tasks
     from vegan.config import AEConfig
     from vegan.data import StreamBatches, ZarrDataset, ingest
     from vegan.data.synthetic import _mnist_uint8, write_shifted_mnist
     from vegan.latents import EncoderRef, code_stats, extract_latents
     from vegan.models import build_model
+    from vegan.ot import solve
+    from vegan.ot.distributed import choose_mode
+    from vegan.ot.generate import generate_to_zarr
+    from vegan.ot.targets import ZarrTargets
 
     torch.set_num_threads(1)
     work = Path(args.work) / f"n{n}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     out: dict = {"n": n, "chunk_rows": args.chunk_rows, "worker_memory_limit": args.memory_limit, "stages": {}}
     rss0 = peak_rss_mib()
     data_url = str(work / "data.zarr")
@@ -174,6 +185,42 @@ def run_one(n: int, args) -> dict:
             t = time.perf_counter()
             st = code_stats(codes, "cube", client=client)
             stage(f"code_stats_{tag}", time.perf_counter() - t, n, scale=round(st.scale, 4))
+            if workers == 2:
+                ref = ZarrTargets.open(codes + "/codes")
+                t = time.perf_counter()
+                res = solve(
+                    ref,
+                    client=client,
+                    max_iter=args.ot_iters,
+                    n_samples=args.ot_samples,
+                    max_samples=args.ot_samples,
+                    eval_samples=args.ot_samples,
+                    checkpoint_every=1,
+                    progress=False,
+                )
+                sec = time.perf_counter() - t
+                iters = [r["seconds"] for r in res.history]
+                stage(
+                    "ot",
+                    sec,
+                    n,
+                    iterations=res.iterations,
+                    s_per_iteration=round(sum(iters) / len(iters), 3),
+                    n_x_samples_per_s=round(n * args.ot_samples * len(iters) / sum(iters), 1),
+                    mode=choose_mode(n, args.latent_dim, Tasks(client).worker_memory_limit()),
+                )
+                t = time.perf_counter()
+                info = generate_to_zarr(
+                    ref,
+                    res,
+                    str(work / "samples.zarr"),
+                    n=args.gen_n,
+                    centroid_samples=args.gen_centroids,
+                    angle_threshold=args.gen_angle,
+                    client=client,
+                    progress=False,
+                )
+                stage("generate", time.perf_counter() - t, args.gen_n, rejection_rate=round(info["rejection_rate"], 4))
             peaks = _workers_peak(client)
             out[f"worker_peak_rss_mib_{tag}"] = peaks
             out[f"worker_over_memory_limit_{tag}"] = any(v * 2**20 > _bytes(args.memory_limit) for v in peaks.values())
@@ -207,7 +254,24 @@ def main() -> None:
     )
     p.add_argument("--work", default=str(ROOT / ".cache" / "scale"))
     p.add_argument("--keep", action="store_true", help="keep the Zarr stores")
+    p.add_argument("--ot-iters", type=int, default=2, help="OT iterations (then one fresh check)")
+    p.add_argument("--ot-samples", type=int, default=8192, help="source samples per OT iteration and check")
+    p.add_argument("--gen-n", type=int, default=4096, help="codes to generate")
+    p.add_argument(
+        "--gen-angle",
+        type=float,
+        default=180.0,
+        help="angle threshold (degrees); after a few OT iterations in d = 64 nearly every sample would be "
+        "rejected at the default 20, so throughput is measured with the rejection off",
+    )
+    p.add_argument("--gen-centroids", type=int, default=8192, help="Monte Carlo samples for the centroids")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the stores a previous (interrupted) run left under --work: ingest and latents then skip "
+        "their finished chunks, so their figures measure the skip; ot and generate run in full",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process: one N
     p.add_argument("--skip-png", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -240,8 +304,19 @@ def main() -> None:
             args.work,
             "--one-worker-max",
             str(args.one_worker_max),
+            "--ot-iters",
+            str(args.ot_iters),
+            "--ot-samples",
+            str(args.ot_samples),
+            "--gen-n",
+            str(args.gen_n),
+            "--gen-centroids",
+            str(args.gen_centroids),
+            "--gen-angle",
+            str(args.gen_angle),
         ]
         cmd += (["--keep"] if args.keep else []) + (["--skip-png"] if i > 0 else [])
+        cmd += ["--resume"] if args.resume else []
         res = subprocess.run(
             cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )

@@ -9,6 +9,11 @@ dask-kubernetes). :func:`connect` opens it; the pipeline keeps the client in
 the process's *active* client (:func:`active_client`) so that orchestrator
 tasks that rebuild their ``Run`` (``tasks/stages.py``) find the same one.
 
+:class:`Tasks` is the one way heavy library code submits work: the same calls run
+on the client, or in this process when there is none, in the same order, so
+results do not depend on whether a cluster is used (OT counting, code
+statistics, generation).
+
 Torch in a worker gets one thread per worker thread: a worker process already
 is the unit of parallelism, and torch's default (one thread per core) in each
 of several workers only oversubscribes the cores.
@@ -18,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Iterator
+from collections import deque
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from vegan.config import ClusterConfig
 
@@ -119,3 +125,148 @@ def connect(cfg: ClusterConfig) -> Iterator["Client | None"]:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+# --------------------------------------------------------------- running tasks
+class _Done:
+    """A finished local "future": what :class:`Tasks` returns when there is no client."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+    def cancel(self) -> None:
+        pass
+
+
+def _value(x):
+    if isinstance(x, _Done):
+        return x.value
+    if isinstance(x, (list, tuple)):
+        return type(x)(_value(v) for v in x)
+    return x
+
+
+_END = object()
+
+
+def _cancel(x) -> None:
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            _cancel(v)
+    elif hasattr(x, "cancel"):
+        x.cancel()
+
+
+class Tasks:
+    """The one way heavy code submits work: on the run's Dask client, or in this process with no client.
+
+    The same calls (``submit``, ``gather``, ``ordered``, ``tree``) run the same functions in the same
+    order either way, so a result does not depend on whether a cluster is used. Without a client,
+    ``submit`` runs the function at once and returns a finished stand-in for a future; with one,
+    every task is impure (``pure=False``), retried ``retries`` times when its worker dies, and
+    carries ``resources`` (``{"GPU": 1}`` keeps it on GPU workers).
+    """
+
+    def __init__(self, client: "Client | None" = None, resources: dict | None = None, retries: int = 2):
+        self.client, self.resources, self.retries = client, resources, retries
+
+    def submit(self, fn, *args, light: bool = False, worker: int | None = None, **kwargs):
+        """``fn(*args, **kwargs)`` as a task. ``light``: bookkeeping that may run on any worker (no resources).
+
+        ``worker``: prefer worker number ``worker`` (modulo the count; another takes over when it is gone),
+        so that the tasks of one target shard keep finding their rows loaded.
+        """
+        if self.client is None:
+            return _Done(fn(*[_value(a) for a in args], **{k: _value(v) for k, v in kwargs.items()}))
+        where = {}
+        if worker is not None:
+            addresses = self.addresses()
+            where = {"workers": [addresses[worker % len(addresses)]], "allow_other_workers": True}
+        return self.client.submit(
+            fn,
+            *args,
+            pure=False,
+            retries=self.retries,
+            resources=None if light else self.resources,
+            **where,
+            **kwargs,
+        )
+
+    def gather(self, futures: list) -> list:
+        if self.client is None:
+            return [_value(f) for f in futures]
+        return self.client.gather(futures)
+
+    def scatter(self, value):
+        """Ship ``value`` to every worker once (``hash=False``: a content-hashed key could be shared with an
+        earlier scatter of equal data, whose release would drop it)."""
+        return value if self.client is None else self.client.scatter(value, broadcast=True, hash=False)
+
+    def ordered(self, start, jobs: Iterable, lookahead: int | Callable[[], int] | None = None) -> Iterator:
+        """``start(job)`` (which submits a job's tasks and returns the future of its result) in job order,
+        at most ``lookahead`` jobs ahead of the consumer (a callable is asked again before each
+        submission, so a consumer that knows how many more results it needs can say so).
+
+        Without a client each job runs when the consumer asks for it. When the consumer stops early,
+        the jobs still pending are cancelled.
+        """
+        if self.client is None:
+            for job in jobs:
+                yield start(job)
+            return
+        cap = max(2, 2 * sum(self.client.nthreads().values()))
+        ahead = lookahead if callable(lookahead) else (lambda: lookahead or cap)
+        pending: deque = deque()
+        it = iter(jobs)
+        try:
+            while True:
+                while len(pending) < min(cap, max(1, ahead())):
+                    job = next(it, _END)
+                    if job is _END:
+                        break
+                    pending.append(start(job))
+                if not pending:
+                    return
+                yield pending.popleft()
+        finally:
+            for fut in pending:
+                _cancel(fut)
+
+    def tree(self, fn, items: list, *args, light: bool = False):
+        """``fn`` applied pairwise, left to right, level by level: one fixed reduction order for any cluster."""
+        if not items:
+            raise ValueError("nothing to reduce")
+        level = list(items)
+        while len(level) > 1:
+            nxt = [self.submit(fn, level[i], level[i + 1], *args, light=light) for i in range(0, len(level) - 1, 2)]
+            level = nxt + ([level[-1]] if len(level) % 2 else [])
+        return level[0]
+
+    def _workers(self) -> dict[str, dict]:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        if self.resources:
+            fit = {a: w for a, w in workers.items() if all(w.get("resources", {}).get(k) for k in self.resources)}
+            workers = fit or workers
+        return workers
+
+    def addresses(self) -> list[str]:
+        """Addresses of the workers that take this executor's tasks, sorted."""
+        if getattr(self, "_addresses", None) is None:
+            self._addresses = sorted(self._workers())
+        return self._addresses
+
+    def worker_memory_limit(self) -> int | None:
+        """The smallest memory limit (bytes) among the workers that take this executor's tasks, or None."""
+        if self.client is None:
+            return None
+        limits = [int(w.get("memory_limit") or 0) for w in self._workers().values()]
+        limits = [v for v in limits if v > 0]
+        return min(limits) if limits else None
+
+    def n_workers(self) -> int:
+        return 1 if self.client is None else max(1, len(self._workers()))

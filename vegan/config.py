@@ -116,7 +116,11 @@ class OTConfig(_Config):
         "none", description="none, local (LocalCluster), or a scheduler address tcp://host:port."
     )
     n_workers: int = Field(2, ge=1, description="Workers for a LocalCluster.")
-    mode: Literal["samples", "targets"] = Field("samples", description="Dask mode: sample-parallel or target-sharded.")
+    mode: Literal["auto", "samples", "targets"] = Field(
+        "auto",
+        description="Dask mode: sample-parallel (every worker holds all codes), target-sharded (each worker a "
+        "shard), or auto: target-sharded when the codes would take over a quarter of a worker's memory limit.",
+    )
     precision: Literal["auto", "float32", "screened"] = Field(
         "auto",
         description="Screening GEMM of the cell-assignment kernel: screened = bf16 operands on AMX / tensor "

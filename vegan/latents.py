@@ -18,7 +18,7 @@ chunks in flight and finished chunks are never rewritten. Both stores can live
 on any fsspec URL.
 
 :func:`code_stats` computes the centring and scale the OT problem needs
-(:func:`vegan.ot.problem.fit_scaling`) by streaming over the code chunks.
+(:func:`vegan.ot.targets.fit_scaling`, the one implementation) by streaming over the codes.
 """
 
 from __future__ import annotations
@@ -254,6 +254,11 @@ def _check_store(group: zarr.Group, store, expected_dim: int | None) -> None:
         raise LatentError(f"latent dimension mismatch: store has {dim}, model expects {expected_dim}")
 
 
+def check_store(store, expected_dim: int | None = None) -> None:
+    """Raise :class:`LatentError` unless ``store`` is a complete latent store (reads the markers, not the codes)."""
+    _check_store(open_latents(store), store, expected_dim)
+
+
 def load_codes(store, expected_dim: int | None = None) -> np.ndarray:
     """All codes as a float32 array, after checking the store is complete and finite (small runs only)."""
     group = open_latents(store)
@@ -283,50 +288,33 @@ class CodeStats:
     hi: np.ndarray  # per-dimension maximum
 
 
-def _moments_chunk(store, lo: int, hi: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    y = np.asarray(open_latents(store)["codes"][lo:hi], dtype=np.float64)
-    if not np.isfinite(y).all():
-        bad = int((~np.isfinite(y)).any(axis=1).sum())
-        raise LatentError(f"latent store {store} has {bad} rows with NaN/inf codes in rows {lo}..{hi}")
-    return len(y), y.sum(axis=0), y.min(axis=0), y.max(axis=0)
-
-
-def _radius_chunk(store, lo: int, hi: int, center: np.ndarray) -> float:
-    y = np.asarray(open_latents(store)["codes"][lo:hi], dtype=np.float64)
-    return float(np.sqrt(((y - center) ** 2).sum(axis=1)).max())
-
-
 def code_stats(store, source: str = "cube", *, client=None, storage_options: dict | None = None) -> CodeStats:
     """Centre and scale of the codes in ``store``, streaming over its chunks.
 
-    Same semantics as ``fit_scaling(load_codes(store), source)``: the mean in
-    float64 (summed chunk by chunk, so it may differ from numpy's pairwise sum in
-    the last bits), then the largest sup-norm (cube: ``max_j max(hi_j - c_j,
-    c_j - lo_j)``, exact, from the same pass) or 2-norm (ball: a second pass) of
-    the centred codes. Memory is one chunk per process; with a Dask ``client``
-    each chunk is a task and only O(d) floats per chunk come back.
+    The same numbers, bit for bit, as ``fit_scaling(load_codes(store), source)``:
+    both are :func:`vegan.ot.targets.fit_scaling`, which sums in float64 block by
+    block (a fixed block layout), then takes the largest sup-norm (cube: ``max_j
+    max(hi_j - c_j, c_j - lo_j)``, exact, from the same pass) or 2-norm (ball: a
+    second pass) of the centred codes. Memory is one block per process; with a
+    Dask ``client`` each block is a task and only O(d) floats per block come back.
     """
+    from vegan.cluster import Tasks
+    from vegan.ot.targets import TargetsError, ZarrTargets, fit_scaling
+
     if source not in ("cube", "ball"):
         raise ValueError(f"source must be 'cube' or 'ball', got {source!r}")
     store = zarr_store(store, storage_options, read_only=True)
     group = open_latents(store)
     _check_store(group, store, None)
-    n, d = group["codes"].shape
-    rows = group["codes"].chunks[0]
-    spans = [(lo, min(n, lo + rows)) for lo in range(0, n, rows)]
-
-    def run(fn, *extra):
-        if client is None:
-            return [fn(store, lo, hi, *extra) for lo, hi in spans]
-        return client.gather([client.submit(fn, store, lo, hi, *extra, pure=False) for lo, hi in spans])
-
-    parts = run(_moments_chunk)
-    total = sum(p[1] for p in parts)
-    center = total / n
-    lo = np.min([p[2] for p in parts], axis=0)
-    hi = np.max([p[3] for p in parts], axis=0)
-    if source == "cube":
-        radius = float(np.maximum(hi - center, center - lo).max())
-    else:
-        radius = max(run(_radius_chunk, center))
-    return CodeStats(int(n), int(d), center, radius if radius > 0 else 1.0, source, lo, hi)
+    codes = group["codes"]
+    src = ZarrTargets.from_array(codes)
+    if src is None:  # a store workers cannot open (in memory): read it here, block by block
+        if client is not None:
+            raise LatentError(f"latent store {store} is not on a path or URL the Dask workers can open")
+        src = codes
+    try:
+        fit = fit_scaling(src, source, Tasks(client))
+    except TargetsError as exc:
+        raise LatentError(f"latent store {store}: {exc}") from exc
+    n, d = codes.shape
+    return CodeStats(int(n), int(d), fit.center, fit.scale, source, fit.lo, fit.hi)

@@ -5,6 +5,8 @@
 (:func:`make_problem`, :class:`Sampling`), the solver (:class:`NewtonSolver`,
 maths only, ``step(state) -> state``), the execution (:class:`LocalEvaluator`,
 ``vegan.ot.distributed.DaskEvaluator``) and the output (:class:`OTResult`).
+Codes may stay in a Zarr store (:class:`ZarrTargets`): with a Dask client the
+workers read them and this process holds O(n) floats.
 The generator (``vegan.ot.generate``) is not imported here.
 """
 
@@ -13,6 +15,7 @@ from vegan.ot.assign import assign, assign_counts, topk_cells
 from vegan.ot.counting import LocalEvaluator
 from vegan.ot.problem import OTProblem, Sampling, make_problem
 from vegan.ot.solver import NewtonSolver, OTResult, load_result, run, save_result
+from vegan.ot.targets import ZarrTargets
 
 __all__ = [
     "LocalEvaluator",
@@ -20,6 +23,7 @@ __all__ = [
     "OTProblem",
     "OTResult",
     "Sampling",
+    "ZarrTargets",
     "assign",
     "assign_counts",
     "load_result",

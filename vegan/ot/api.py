@@ -39,14 +39,18 @@ def sampling_from_config(cfg: OTConfig) -> Sampling:
     return Sampling(seed=cfg.seed, source=cfg.source, sampler=cfg.sampler, precision=cfg.precision)
 
 
-def make_evaluator(problem: OTProblem, cfg: OTConfig, client=None, y_raw: Any = None):
-    """Local evaluator, or a Dask one when ``client`` is given or ``cfg.dask`` names a cluster."""
+def make_evaluator(problem: OTProblem, cfg: OTConfig, client=None):
+    """Local evaluator, or a Dask one when ``client`` is given or ``cfg.dask`` names a cluster.
+
+    A problem whose codes stay in a Zarr store (``problem.y is None``) is counted by workers
+    that read the store themselves; the local evaluator loads it into this process.
+    """
     if cfg.dask == "none" and client is None:
         return LocalEvaluator(problem, problem.sampling, cfg.device)
     from vegan.ot.distributed import DaskEvaluator
 
     return DaskEvaluator(
-        problem, client=client, cluster=cfg.dask, n_workers=cfg.n_workers, mode=cfg.mode, device=cfg.device, y_raw=y_raw
+        problem, client=client, cluster=cfg.dask, n_workers=cfg.n_workers, mode=cfg.mode, device=cfg.device
     )
 
 
@@ -61,13 +65,19 @@ def solve(
 ) -> OTResult:
     """Solve the semi-discrete OT problem from the source measure to ``y`` (weights ``nu``).
 
+    ``y`` is an array of codes, or a Zarr array / :class:`vegan.ot.targets.ZarrTargets`:
+    with a ``client`` the workers then compute the scaling and count cells from the store
+    and this process holds O(n) floats (h, weights, solver state), never the codes.
+
     Resumes from the newest checkpoint in ``checkpoints`` (of the same problem),
     checkpoints every ``checkpoint_every`` iterations and at the end, and stops
     once a fresh-sample max relative cell error is ``<= tol`` or after ``max_iter``.
     """
+    from vegan.cluster import Tasks
+
     cfg = resolve_config(config, overrides)
-    problem = make_problem(y, nu, sampling_from_config(cfg))
-    evaluate = make_evaluator(problem, cfg, client, y_raw=y)
+    problem = make_problem(y, nu, sampling_from_config(cfg), Tasks(client))
+    evaluate = make_evaluator(problem, cfg, client)
     try:
         return run(solver_from_config(cfg), problem, evaluate, checkpoints, cfg.checkpoint_every, progress)
     finally:

@@ -1,13 +1,15 @@
 """Dask execution of the solver's one expensive call: cell counts for an iteration's samples.
 
-Two modes (``OTConfig.mode``):
+Two modes (``OTConfig.mode``; ``auto`` picks ``targets`` when all codes would take
+more than ``TARGETS_SHARE`` of a worker's memory limit, else ``samples``):
 
-* ``samples`` (default): every worker holds all targets (loaded once: from the
+* ``samples``: every worker holds all targets (loaded once: from the
   Zarr store the codes came from, or scattered with ``broadcast=True``) and
   counts its own contiguous range of sample slices, which it regenerates from
   ``(seed, iteration, slice)``. Only ``h`` goes out and ``int32`` counts plus
   per-slice score sums come back: O(n) bytes per worker per iteration.
-* ``targets``: each worker holds one contiguous shard of targets and scores
+* ``targets``: each worker holds one contiguous shard of targets (read from the
+  store by the worker itself when the problem has no codes in memory) and scores
   the whole sample set against it, returning per-sample ``(max, argmax)``;
   shards are merged pairwise as a tree (lower shard wins ties, so the lowest
   global index wins as in the single-process kernel).
@@ -28,20 +30,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from vegan.cluster import Tasks
 from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
 from vegan.ot.counting import Counts, count_slices
-from vegan.ot.problem import OTProblem, Sampling, sample_slice, scale_targets
+from vegan.ot.problem import OTProblem, Sampling, sample_slice
+from vegan.ot.targets import load_rows
 
 log = logging.getLogger(__name__)
 
 TASK_RETRIES = 3
 RESUBMITS = 3
 
-# Worker-side cache: targets loaded from Zarr, keyed by problem fingerprint, so
-# each worker process reads them once per solve rather than once per iteration.
-_TARGETS: dict[str, torch.Tensor] = {}
-MAX_CACHED_TARGETS = 4
+# Samples mode keeps all targets on every worker: chosen when they take at most this share
+# of a worker's memory limit. Bytes per target value while a worker scores them: the float32
+# rows, the kernel's float32 working copy (with the h column) and its float64 transient when
+# it first sees a tensor (vegan.ot.assign._target_part). Measured at 4e6 x 64 codes: 8 bytes
+# per value let two 2 GiB workers holding two 1e6-row shards each pass 95 % and be restarted.
+TARGETS_SHARE = 0.25
+BYTES_PER_VALUE = 16
 
 
 def _worker_setup() -> None:
@@ -50,27 +57,23 @@ def _worker_setup() -> None:
         torch.set_num_threads(1)
 
 
-def _targets_on_worker(ysrc: Any, device: str) -> torch.Tensor:
-    """The scaled targets: a scattered array (zero copy) or ``("zarr", token, url, options, center, scale)``."""
-    dev = resolve_device(device)
-    if isinstance(ysrc, np.ndarray):
-        # The same tensor object every call (zero copy on CPU): the kernel caches
-        # its screening copy of the targets per tensor. The cached tensor keeps the
-        # array alive, so its id cannot be recycled while the key exists.
-        key = f"scattered-{id(ysrc)}-{dev}"
-        if key not in _TARGETS:
-            _TARGETS[key] = torch.from_numpy(ysrc).to(dev)
-            while len(_TARGETS) > MAX_CACHED_TARGETS:  # a few shards of one solve, not every past solve
-                _TARGETS.pop(next(iter(_TARGETS)))
-        return _TARGETS[key]
-    _, token, url, options, center, scale = ysrc
-    if token not in _TARGETS:
-        import zarr
+def choose_mode(n: int, d: int, memory_limit: int | None) -> str:
+    """``samples`` when all targets fit a worker comfortably (or no limit is known), else ``targets``."""
+    if not memory_limit:
+        return "samples"
+    return "samples" if n * d * BYTES_PER_VALUE <= TARGETS_SHARE * memory_limit else "targets"
 
-        _TARGETS.clear()  # one solve per worker at a time; drop older problems' targets
-        arr = zarr.open_array(url, mode="r", storage_options=options or None)
-        _TARGETS[token] = torch.from_numpy(scale_targets(arr[...], center, scale)).to(dev)
-    return _TARGETS[token]
+
+def n_shards(n: int, d: int, workers: int, memory_limit: int | None) -> int:
+    """Target shards: one per worker, more when a worker's share would not fit its memory budget."""
+    need = n * d * BYTES_PER_VALUE
+    per = int(TARGETS_SHARE * memory_limit) if memory_limit else need
+    return max(1, min(n, max(workers, -(-need // max(per, 1)))))
+
+
+def _targets_on_worker(ysrc: Any, device: str) -> torch.Tensor:
+    """The scaled targets: a scattered array (zero copy) or a :class:`~vegan.ot.targets.TargetRows` read from Zarr."""
+    return load_rows(ysrc, resolve_device(device))
 
 
 def _count_task(ysrc, h, start, stop, *, sampling: Sampling, tag, iteration, slice_size, margin, device):
@@ -122,26 +125,6 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _zarr_location(y: Any) -> tuple[str, dict] | None:
-    """URL and fsspec options of a Zarr v3 array on a local or fsspec store, else None."""
-    try:
-        import zarr
-        import zarr.storage
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        return None
-    if not isinstance(y, zarr.Array):
-        return None
-    store, path = y.store, y.path
-    if isinstance(store, zarr.storage.LocalStore):
-        root = str(store.root)
-        return (f"{root}/{path}" if path else root), {}
-    if isinstance(store, zarr.storage.FsspecStore):
-        proto = store.fs.protocol[0] if isinstance(store.fs.protocol, (tuple, list)) else store.fs.protocol
-        full = f"{store.path}/{path}" if path else store.path
-        return f"{proto}://{full}", dict(getattr(store.fs, "storage_options", {}) or {})
-    return None
-
-
 class DaskEvaluator:
     """Evaluator ``(h, tag, iteration, n_slices, slice_size, margin) -> Counts`` on a Dask cluster.
 
@@ -157,13 +140,12 @@ class DaskEvaluator:
         n_workers: int = 2,
         mode: str = "samples",
         device: str = "auto",
-        y_raw: Any = None,
     ):
         from distributed import Client, LocalCluster
 
-        if mode not in ("samples", "targets"):
-            raise ValueError(f"mode must be 'samples' or 'targets', got {mode!r}")
-        self.problem, self.mode, self.device = problem, mode, device
+        if mode not in ("samples", "targets", "auto"):
+            raise ValueError(f"mode must be 'samples', 'targets' or 'auto', got {mode!r}")
+        self.problem, self.device = problem, device
         self._owned = []
         if client is None:
             if cluster in ("local", "none"):
@@ -175,38 +157,33 @@ class DaskEvaluator:
                 self._owned = [client]
         self.client = client
         self.resources = self._gpu_resources()
-        self.token = problem.fingerprint()
-        self.zarr = _zarr_location(y_raw) if mode == "samples" else None
+        self.memory_limit = self._tasks().worker_memory_limit()
+        self.mode = choose_mode(problem.n, problem.d, self.memory_limit) if mode == "auto" else mode
+        log.info("OT counting on the cluster: %s mode (n=%d, d=%d)", self.mode, problem.n, problem.d)
         self._publish()
 
     # ----------------------------------------------------------- targets
-    def _workers(self) -> list[dict]:
-        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
-
     def _gpu_resources(self) -> dict | None:
         """``{"GPU": 1}`` when some workers advertise a GPU resource (``dask worker --resources GPU=1``):
         the counting tasks then run only there, while CPU workers keep the light work."""
-        return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in self._workers()) else None
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
-    def _n_workers(self) -> int:
-        workers = self._workers()
-        if self.resources:
-            workers = [w for w in workers if w.get("resources", {}).get("GPU")]
-        return max(1, len(workers))
+    def _tasks(self) -> Tasks:
+        """This iteration's executor (it lists the workers afresh: one may have died and been replaced)."""
+        return Tasks(self.client, self.resources, TASK_RETRIES)
 
     def _publish(self) -> None:
         """Put the targets where the tasks will find them (once per solve, again after a loss)."""
         p = self.problem
         if self.mode == "samples":
-            if self.zarr is not None:
-                url, options = self.zarr
-                self.ysrc = ("zarr", self.token, url, options, p.center, p.scale)
-            else:
-                self.ysrc = self.client.scatter(p.y, broadcast=True, hash=False)
+            self.ysrc = p.rows() if p.y is None else self.client.scatter(p.y, broadcast=True, hash=False)
         else:
+            parts = _split(p.n, n_shards(p.n, p.d, self._tasks().n_workers(), self.memory_limit))
+            # Rows in a store: each shard task reads its own rows (nothing passes through here).
             self.shards = [
-                (a, self.client.scatter(np.ascontiguousarray(p.y[a:b]), hash=False))
-                for a, b in _split(p.n, self._n_workers())
+                (a, p.rows(a, b) if p.y is None else self.client.scatter(np.ascontiguousarray(p.y[a:b]), hash=False))
+                for a, b in parts
             ]
 
     # ---------------------------------------------------------- counting
@@ -222,46 +199,22 @@ class DaskEvaluator:
 
     def _samples(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
-        futures = [
-            self.client.submit(
-                _count_task,
-                self.ysrc,
-                hf,
-                a,
-                b,
-                pure=False,
-                retries=TASK_RETRIES,
-                resources=self.resources,
-                **self._kwargs(tag, iteration, slice_size, margin),
-            )
-            for a, b in _split(k, self._n_workers())
-        ]
-        return Counts.concat(self.client.gather(futures), self.problem.n)
+        tasks = self._tasks()
+        kw = self._kwargs(tag, iteration, slice_size, margin)
+        futures = [tasks.submit(_count_task, self.ysrc, hf, a, b, **kw) for a, b in _split(k, tasks.n_workers())]
+        return Counts.concat(tasks.gather(futures), self.problem.n)
 
     def _targets(self, h, tag, iteration, k, slice_size, margin):
         hf = h.astype(np.float32)
         kw = self._kwargs(tag, iteration, slice_size, margin)
-        level = [
-            self.client.submit(
-                _shard_task,
-                ys,
-                a,
-                hf[a : a + len_],
-                k,
-                pure=False,
-                retries=TASK_RETRIES,
-                resources=self.resources,
-                **kw,
-            )
-            for (a, ys), len_ in zip(self.shards, self._shard_lengths())
+        tasks = self._tasks()
+        level = [  # shard i prefers worker i, so its rows are loaded once per solve
+            tasks.submit(_shard_task, ys, a, hf[a : a + len_], k, worker=i, **kw)
+            for i, ((a, ys), len_) in enumerate(zip(self.shards, self._shard_lengths()))
         ]
-        while len(level) > 1:  # pairwise tree; order kept so lower shards stay on the left
-            nxt = [
-                self.client.submit(_merge_task, level[i], level[i + 1], pure=False, retries=TASK_RETRIES)
-                for i in range(0, len(level) - 1, 2)
-            ]
-            level = nxt + ([level[-1]] if len(level) % 2 else [])
-        best, idx, sec_v, sec_i = level[0].result()
+        # Pairwise tree, order kept so lower shards stay on the left.
+        root = tasks.tree(_merge_task, level, light=True)
+        best, idx, sec_v, sec_i = root.result()
         counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64)
         sums = np.array(
             [torch.from_numpy(best[i * slice_size : (i + 1) * slice_size]).double().sum().item() for i in range(k)]

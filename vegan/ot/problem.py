@@ -21,6 +21,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vegan.ot.targets import (
+    ScaledStats,
+    TargetRows,
+    TargetsError,
+    ZarrTargets,
+    load_rows,
+    scale_rows,
+    scaled_stats,
+)
+from vegan.ot.targets import fit_scaling as fit_targets_scaling
+
 Source = Literal["cube", "ball"]
 Sampler = Literal["sobol", "uniform"]
 Precision = Literal["auto", "float32", "screened"]
@@ -184,14 +195,29 @@ def _check_nu(nu: Any, n: int) -> np.ndarray:
 
 @dataclass
 class OTProblem:
-    """Scaled targets, weights and source measure of one solve."""
+    """Scaled targets, weights and source measure of one solve.
 
-    y: np.ndarray  # (n, d) float32, scaled into the source domain
+    ``y`` holds the scaled targets in this process, or is None when they stay in a Zarr
+    store (``store``) that Dask workers read themselves: then this object holds O(n)
+    floats only (weights, squared norms of the scaled codes) and never the codes.
+    """
+
+    y: np.ndarray | None  # (n, d) float32, scaled into the source domain; None: see `store`
     nu: np.ndarray  # (n,) float64, sums to 1
     center: np.ndarray  # (d,) float64
     scale: float
     sampling: Sampling = Sampling()
+    store: ZarrTargets | None = None  # where the unscaled codes live when `y` is None
+    stats: ScaledStats | None = None  # computed from `y` when not given
     _torch_cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.y is None and self.store is None:
+            raise ValueError("an OTProblem needs its scaled targets y or the Zarr store they come from")
+        if self.stats is None:
+            if self.y is None:
+                raise ValueError("an OTProblem on a Zarr store needs its ScaledStats (see make_problem)")
+            self.stats = scaled_stats(self.y, np.zeros(self.d), 1.0)  # y is already scaled: scale_rows is exact
 
     @property
     def source(self) -> Source:
@@ -213,52 +239,97 @@ class OTProblem:
 
     @property
     def n(self) -> int:
-        return self.y.shape[0]
+        return self.y.shape[0] if self.y is not None else self.store.n
 
     @property
     def d(self) -> int:
-        return self.y.shape[1]
+        return self.y.shape[1] if self.y is not None else self.store.d
+
+    @property
+    def sq_norms(self) -> np.ndarray:
+        """``|y_i|^2`` of the scaled targets (float64): the Voronoi start ``h_i = -|y_i|^2 / 2``."""
+        return self.stats.sq_norms
+
+    @property
+    def max_abs_row_sum(self) -> float:
+        """``max_i sum_j |y_ij|`` of the scaled targets: bounds the score range for the first margin."""
+        return self.stats.max_abs_row_sum
+
+    def rows(self, lo: int = 0, hi: int | None = None) -> TargetRows:
+        """Rows of the scaled targets as workers load them from the store (see :mod:`vegan.ot.targets`)."""
+        if self.store is None:
+            raise ValueError("the targets of this problem are in memory, not in a Zarr store")
+        return TargetRows(self.store, self.center, self.scale, self.fingerprint(), lo, hi)
 
     def targets(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Scaled targets as a float32 tensor on ``device`` (cached)."""
+        """Scaled targets as a float32 tensor on ``device`` (cached; read from the store when not in memory)."""
         key = str(device)
         if key not in self._torch_cache:
-            self._torch_cache[key] = torch.from_numpy(self.y).to(device)
+            if self.y is not None:
+                self._torch_cache[key] = torch.from_numpy(self.y).to(device)
+            else:
+                self._torch_cache[key] = load_rows(self.rows(), device)
         return self._torch_cache[key]
 
     def fingerprint(self) -> str:
-        """Identifies the problem, so a checkpoint of another problem is never resumed."""
-        hsh = hashlib.sha256()
-        sm = self.sampling
-        hsh.update(f"{self.n}x{self.d}:{sm.source}:{sm.sampler}:{sm.seed}:{self.scale!r}".encode())
-        hsh.update(np.ascontiguousarray(self.center).tobytes())
-        hsh.update(np.ascontiguousarray(self.nu).tobytes())
-        hsh.update(np.ascontiguousarray(self.y).tobytes())
-        return hsh.hexdigest()[:16]
+        """Identifies the problem, so a checkpoint of another problem is never resumed.
+
+        Built from the block digests of the scaled codes, so codes in memory and the same
+        codes in a Zarr store give the same fingerprint (a run may move onto a cluster).
+        """
+        if "fingerprint" not in self._torch_cache:
+            hsh = hashlib.sha256()
+            sm = self.sampling
+            hsh.update(f"{self.n}x{self.d}:{sm.source}:{sm.sampler}:{sm.seed}:{self.scale!r}".encode())
+            hsh.update(np.ascontiguousarray(self.center).tobytes())
+            hsh.update(np.ascontiguousarray(self.nu).tobytes())
+            hsh.update(self.stats.digest.encode())
+            self._torch_cache["fingerprint"] = hsh.hexdigest()[:16]
+        return self._torch_cache["fingerprint"]
 
 
 def scale_targets(y: np.ndarray, center: np.ndarray, scale: float) -> np.ndarray:
     """The one place targets are scaled (drivers and Dask workers must agree bit for bit)."""
-    return ((np.asarray(y, dtype=np.float64) - center) / scale).astype(np.float32)
+    return scale_rows(y, center, scale)
 
 
 def fit_scaling(y: np.ndarray, source: Source) -> tuple[np.ndarray, float]:
-    """Center = mean; scale = largest sup-norm (cube) or 2-norm (ball) of centred targets."""
-    center = y.mean(axis=0, dtype=np.float64)
-    diff = y.astype(np.float64) - center
-    radius = np.abs(diff).max() if source == "cube" else np.sqrt((diff**2).sum(axis=1)).max()
-    return center, float(radius) if radius > 0 else 1.0
+    """Center = mean; scale = largest sup-norm (cube) or 2-norm (ball) of centred targets.
+
+    Block by block (:func:`vegan.ot.targets.fit_scaling`), as for codes in a Zarr store.
+    """
+    fit = fit_targets_scaling(np.asarray(y), source)
+    return fit.center, fit.scale
 
 
-def make_problem(y: Any, nu: Any = None, sampling: Sampling | None = None) -> OTProblem:
-    """Validate the inputs and build the scaled problem (errors say what is wrong)."""
+def target_source(y: Any) -> np.ndarray | ZarrTargets:
+    """``y`` as what the problem reads: a :class:`ZarrTargets` (a located ``zarr.Array`` too) or an array."""
+    if isinstance(y, ZarrTargets):
+        return y
+    located = ZarrTargets.from_array(y) if hasattr(y, "chunks") and not isinstance(y, np.ndarray) else None
+    return located if located is not None else _as_numpy_2d(y)
+
+
+def make_problem(y: Any, nu: Any = None, sampling: Sampling | None = None, tasks=None) -> OTProblem:
+    """Validate the inputs and build the scaled problem (errors say what is wrong).
+
+    ``y`` is an array, or a Zarr array / :class:`ZarrTargets`: then the codes are only read
+    block by block (on the workers of ``tasks``, a :class:`vegan.cluster.Tasks`, when it has
+    a client) and the problem keeps O(n) floats and the store's location.
+    """
     sampling = sampling or Sampling()
-    source = sampling.source
-    arr = _as_numpy_2d(y)
-    if arr.shape[0] < 2:
-        raise ValueError(f"need at least 2 targets, got n={arr.shape[0]}")
-    arr = as_codes(arr)
-    n = arr.shape[0]
+    src = target_source(y)
+    n, d = (src.n, src.d) if isinstance(src, ZarrTargets) else src.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 targets, got n={n}")
+    if isinstance(src, np.ndarray):
+        src = as_codes(src)
     weights = _check_nu(nu, n)
-    center, scale = fit_scaling(arr, source)
-    return OTProblem(scale_targets(arr, center, scale), weights, center, scale, sampling)
+    try:
+        fit = fit_targets_scaling(src, sampling.source, tasks)
+    except TargetsError as exc:
+        raise ValueError(f"targets y: {exc}") from exc
+    stats = scaled_stats(src, fit.center, fit.scale, tasks)
+    if isinstance(src, ZarrTargets):
+        return OTProblem(None, weights, fit.center, fit.scale, sampling, store=src, stats=stats)
+    return OTProblem(scale_targets(src, fit.center, fit.scale), weights, fit.center, fit.scale, sampling, stats=stats)

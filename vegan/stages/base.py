@@ -79,6 +79,11 @@ class StageContext(Protocol):
     def codes(self) -> np.ndarray: ...
 
     @property
+    def codes_store(self) -> Any:
+        """The codes' Zarr location (:class:`vegan.ot.targets.ZarrTargets`), for workers that read them."""
+        ...
+
+    @property
     def generated_codes(self) -> np.ndarray: ...
 
     @property

@@ -74,6 +74,20 @@ class Run:
         return load_codes(self.zarr_store("latents", read_only=True), expected_dim=self.cfg.ae.latent_dim)
 
     @cached_property
+    def codes_store(self):
+        """Where the codes live, for Dask workers that read them themselves (:class:`vegan.ot.targets.ZarrTargets`).
+
+        Reads metadata and the chunk completion markers only, never the codes: the OT and
+        generate stages use it on a cluster so that this process holds O(n) floats at most.
+        """
+        from vegan.latents import check_store
+        from vegan.ot.targets import ZarrTargets
+
+        self.require("latents")
+        check_store(self.zarr_store("latents", read_only=True), expected_dim=self.cfg.ae.latent_dim)
+        return ZarrTargets.open(self.dir("latents").uri("codes"), self.storage.storage_options)
+
+    @cached_property
     def generated_codes(self) -> np.ndarray:
         import zarr
 

@@ -1,45 +1,45 @@
 """Stage ``generate``: sample latent codes with the OT map's piecewise-linear extension.
 
-With a run-wide cluster (``cluster.address``) centroids and samples are computed on its workers
-(results are identical with and without it).
+Writes ``codes`` and ``cells`` to the output Zarr chunk by chunk (each chunk's completion
+marker after its rows; a rerun writes only missing chunks). With a run-wide cluster
+(``cluster.address``) workers read the codes from the latent store themselves (all of
+them, or a shard each when they would not fit a worker), fetch candidate codes by index
+and write the output chunks: this process holds per-block sample counts, never codes.
+Results are the same with and without a cluster, up to float rounding.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from vegan.stages.base import Stage, StageContext
 
 
 def generate_codes(run: StageContext) -> dict[str, Any]:
-    import zarr
-
     from vegan.ot import load_result
-    from vegan.ot.generate import generate
+    from vegan.ot.generate import generate_to_zarr
 
     if not run.has_encoder():
         return {"skipped": f"model {run.cfg.ae.model} has no encoder"}
     g = run.cfg.generate
     res = load_result(run.dir("ot"))
-    out = generate(
-        run.codes,
+    out = run.dir("generate")
+    info = generate_to_zarr(
+        run.codes if run.client is None else run.codes_store,
         res,
+        out.url,
         n=g.n_samples,
         k=g.k,
         angle_threshold=g.angle_threshold,
         seed=g.seed,
         centroid_samples=g.centroid_samples,
         client=run.client,
+        resources=run.resources("generate"),
+        storage_options=out.storage_options,
         progress=run.progress,
+        attrs={"ot_key": run.keys["ot"]},
     )
-    # mode="w": a half-written store from a crash is replaced; the done marker comes after.
-    group = zarr.open_group(run.zarr_store("generate"), mode="w")
-    group.create_array("codes", data=np.asarray(out.codes, dtype=np.float32))
-    group.create_array("cells", data=np.asarray(out.cells, dtype=np.int64))
-    group.attrs.update({"rejection_rate": float(out.rejection_rate), "ot_key": run.keys["ot"]})
-    return {"n": int(len(out.codes)), "rejection_rate": float(out.rejection_rate)}
+    return {"n": int(info["n"]), "rejection_rate": float(info["rejection_rate"]), "chunks": int(info["chunks"])}
 
 
 STAGE = Stage(

@@ -1,6 +1,10 @@
 """Stage ``ot``: solve the semi-discrete OT problem from the source measure to the latent codes.
 
-With a run-wide cluster (``cluster.address``) the Monte Carlo counting runs on its workers.
+With a run-wide cluster (``cluster.address``) the workers read the codes from the latent
+store themselves: they compute the centring and scale block by block and count cells,
+while this process holds O(n) floats (h, weights, solver state) and never the codes.
+``ot.mode=auto`` shards the codes across workers when they would not fit one. Without a
+cluster the codes are loaded here.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ def solve_ot(run: StageContext) -> dict[str, Any]:
     if not run.has_encoder():
         return {"skipped": f"model {run.cfg.ae.model} has no encoder"}
     out = run.dir("ot")
+    codes = run.codes if run.client is None else run.codes_store
     res = solve(
-        run.codes, config=run.cfg.ot, checkpoints=CheckpointDir(out, keep=3), progress=run.progress, client=run.client
+        codes, config=run.cfg.ot, checkpoints=CheckpointDir(out, keep=3), progress=run.progress, client=run.client
     )
     save_result(out, res)
     return {
         "converged": bool(res.converged),
         "iterations": int(res.iterations),
         "marginal_error": {k: float(v) for k, v in res.marginal_error.items()},
-        "n_codes": int(len(run.codes)),
+        "n_codes": int(len(res.h)),
     }
 
 

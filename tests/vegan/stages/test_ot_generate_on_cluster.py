@@ -1,0 +1,69 @@
+"""The ot and generate stages on a real LocalCluster: the driver never loads the codes, and the
+results match the in-process run of the same config."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from vegan.config import load_config
+from vegan.ot import load_result
+from vegan.pipeline import run_pipeline
+from vegan.stages.context import Run
+
+SETS = [
+    "ot.max_iter=8",
+    "ot.n_samples=8192",
+    "ot.max_samples=16384",
+    "ot.eval_samples=16384",
+    "generate.centroid_samples=8192",
+    "generate.n_samples=300",
+]
+
+
+def _forbid_codes_on_the_driver(monkeypatch, d: int) -> None:
+    def refuse(self):
+        raise AssertionError("Run.codes was called on the driver")
+
+    monkeypatch.setattr(Run, "codes", property(refuse))
+    for name in ("get_basic_selection", "get_orthogonal_selection"):
+        real = getattr(zarr.Array, name)
+
+        def guarded(self, *args, _real=real, **kwargs):
+            if self.ndim == 2 and self.shape[1] == d:
+                raise AssertionError(f"the driver read codes from {self.store}")
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(zarr.Array, name, guarded)
+
+
+@pytest.mark.slow
+def test_ot_and_generate_on_a_cluster_never_hold_codes_and_match_in_process(tmp_path, monkeypatch):
+    here = load_config("tiny", overrides=SETS)
+    run_pipeline(here, str(tmp_path / "a"), until="latents", progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same codes for both runs
+
+    run_pipeline(here, str(tmp_path / "a"), until="generate", progress=False)
+    on_cluster = load_config(
+        "tiny", overrides=[*SETS, "cluster.address=local", "cluster.n_workers=2", "cluster.memory_limit=1GiB"]
+    )
+    with monkeypatch.context() as m:
+        _forbid_codes_on_the_driver(m, here.ae.latent_dim)
+        info = run_pipeline(on_cluster, str(tmp_path / "b"), until="generate", progress=False)
+        again = run_pipeline(on_cluster, str(tmp_path / "b"), until="generate", progress=False)
+    assert not info["ot"]["reused"] and not info["generate"]["reused"]
+    assert again["ot"]["reused"] and again["generate"]["reused"]
+
+    a, b = Run(here, str(tmp_path / "a")), Run(on_cluster, str(tmp_path / "b"))
+    ra, rb = load_result(a.dir("ot")), load_result(b.dir("ot"))
+    # Same blocks, same scaled rows, same slices: the same trajectory (bitwise on one machine).
+    np.testing.assert_allclose(rb.h, ra.h, rtol=0, atol=1e-9)
+    assert rb.iterations == ra.iterations == 8
+    ga = zarr.open_group(a.zarr_store("generate", read_only=True), mode="r")
+    gb = zarr.open_group(b.zarr_store("generate", read_only=True), mode="r")
+    np.testing.assert_allclose(gb["codes"][:], ga["codes"][:], rtol=0, atol=1e-5)
+    assert gb["codes"].shape == (300, here.ae.latent_dim) and bool(np.all(gb["complete"][:]))
+    assert (gb["cells"][:] == ga["cells"][:]).mean() > 0.99
