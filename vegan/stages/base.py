@@ -84,9 +84,6 @@ class StageContext(Protocol):
         ...
 
     @property
-    def generated_codes(self) -> np.ndarray: ...
-
-    @property
     def generator(self) -> torch.nn.Module: ...
 
 

@@ -16,7 +16,7 @@ import torch
 
 from vegan.config import PipelineConfig
 from vegan.data import Dataset, load_dataset
-from vegan.latents import LatentError, load_codes
+from vegan.latents import load_codes
 from vegan.manifest import Manifest
 from vegan.stages.base import StageError
 from vegan.storage import Storage
@@ -86,18 +86,6 @@ class Run:
         self.require("latents")
         check_store(self.zarr_store("latents", read_only=True), expected_dim=self.cfg.ae.latent_dim)
         return ZarrTargets.open(self.dir("latents").uri("codes"), self.storage.storage_options)
-
-    @cached_property
-    def generated_codes(self) -> np.ndarray:
-        import zarr
-
-        self.require("generate")
-        codes = np.asarray(zarr.open_group(self.zarr_store("generate", read_only=True), mode="r")["codes"][:])
-        if codes.shape[1] != self.cfg.ae.latent_dim:
-            raise LatentError(
-                f"generated codes have dimension {codes.shape[1]}, the decoder expects {self.cfg.ae.latent_dim}"
-            )
-        return codes
 
     @cached_property
     def generator(self) -> torch.nn.Module:
