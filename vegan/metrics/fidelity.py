@@ -23,7 +23,6 @@ work with ``torch_fidelity.calculate_metrics``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,22 +50,12 @@ from vegan.metrics.extractors import (
     resolve_precision,
 )
 from vegan.metrics.prdc import prdc
-from vegan.metrics.sources import RowSource, TensorRows, as_source, head
+from vegan.metrics.sources import RowSource, TensorRows, as_source, head, tensor_hash
 from vegan.storage import Storage
 
 log = logging.getLogger(__name__)
 
 KID_SUBSETS = 100
-
-
-def tensor_hash(x: torch.Tensor, labels: torch.Tensor | None = None) -> str:
-    """Content hash of a tensor (and labels): the cache identity of a reference set."""
-    h = hashlib.sha256()
-    h.update(f"{tuple(x.shape)}{x.dtype}".encode())
-    h.update(x.detach().cpu().contiguous().numpy().tobytes())
-    if labels is not None:
-        h.update(labels.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass

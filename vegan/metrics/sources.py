@@ -113,6 +113,16 @@ class DatasetRows:
         return to_float(gather_rows(self.data, self.index[lo:hi]))
 
 
+def tensor_hash(x: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """Content hash of a tensor (and labels): the cache identity of a reference set."""
+    h = hashlib.sha256()
+    h.update(f"{tuple(x.shape)}{x.dtype}".encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(labels.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class TensorRows:
     """An in-memory tensor (sets made by a caller, tests); keyed by its content."""
@@ -122,8 +132,6 @@ class TensorRows:
 
     def __post_init__(self):
         if not self.key:
-            from vegan.metrics.fidelity import tensor_hash
-
             self.key = tensor_hash(self.x)
 
     def __len__(self) -> int:
