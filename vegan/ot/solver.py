@@ -57,6 +57,8 @@ from vegan.storage import Storage
 SPLIT = 0.6
 # Each failed check asks for this much more accuracy before the next one.
 RECHECK = 0.7
+# A cell's sampled degree is trusted from this many (pooled) near-tie pairs on.
+MIN_PAIRS = 8
 # The error a report-only check (a solve stopped by max_iter) resolves, at the finest.
 REPORT_TOL = 0.25
 
@@ -165,16 +167,20 @@ def pool_pairs(
     return total.row[live].astype(np.int32), total.col[live].astype(np.int32), total.data[live], norm
 
 
-def newton_direction(a: sp.csr_matrix, grad: np.ndarray, ridge: float = 1e-2, floor: float = 0.25) -> np.ndarray:
+def newton_direction(
+    a: sp.csr_matrix, grad: np.ndarray, ridge: float = 1e-2, floor: float = 0.25, evidence: np.ndarray | None = None
+) -> np.ndarray:
     """Solve ``(D - A + R) delta = grad`` (Jacobi-preconditioned CG, deterministic).
 
     ``a`` holds the sampled face weights ``A_ij`` (symmetric). The Laplacian is
     singular (shifting every ``h_i`` alike changes nothing) and its sampled
     version noisy, which the ridge ``R`` and the degree floor guard against:
 
-    * a cell's degree is at least ``floor`` times the median degree: a cell seen
-      in one or two near-tie pairs (a nearly empty cell, typically) would
-      otherwise get ``g_i / D_i`` from a ``D_i`` off by orders of magnitude;
+    * a cell seen in fewer than ``MIN_PAIRS`` near-tie pairs (``evidence``: its
+      pooled pair count; a nearly empty cell, typically) gets a degree of at
+      least ``floor`` times the median: otherwise ``g_i / D_i`` would come from a
+      ``D_i`` off by orders of magnitude. Well-sampled cells keep their own
+      degree, which legitimately spans decades on clustered codes;
     * cells of the largest connected component of the sampled graph get a
       ridge of ``ridge D_i``; cells the samples did not connect to it get
       ``R_i = D_i`` (about half a Jacobi step), since on a small component the
@@ -184,7 +190,8 @@ def newton_direction(a: sp.csr_matrix, grad: np.ndarray, ridge: float = 1e-2, fl
     n = grad.shape[0]
     deg = np.asarray(a.sum(axis=1)).ravel()
     typical = float(np.median(deg[deg > 0])) if np.any(deg > 0) else 1.0
-    deg = np.maximum(deg, floor * typical)
+    weak = np.ones(n, dtype=bool) if evidence is None else evidence < MIN_PAIRS
+    deg = np.where(weak, np.maximum(deg, floor * typical), deg)
     _, label = sp.csgraph.connected_components(a, directed=False)
     main = label == np.bincount(label).argmax()
     diag = deg * np.where(main, 1 + ridge, 2.0)
@@ -286,7 +293,10 @@ class NewtonSolver:
         s = dataclasses.replace(state, iteration=it + 1, signal=signal)
         # Standard error of `signal` (delta method on the mean of squared relative errors).
         spread = math.sqrt((2 * noise2**2 + 4 * signal**2 * noise2) / problem.n) / (2 * max(signal, 1e-12))
-        accepted = (
+        # A first margin far off the target share (all samples "near a tie" on tightly
+        # clustered codes) gives a badly biased Hessian: recalibrate before the first step.
+        calibrating = state.base_h is None and not 0.5 <= share / self.pair_share <= 2
+        accepted = not calibrating and (
             state.base_h is None or noisy or signal <= (1 - state.damping / 4) * state.base_signal + 3 * spread
         )
         if accepted:
@@ -294,7 +304,7 @@ class NewtonSolver:
                 state, res.pairs, problem.n, n_used, state.margin, self.keep
             )
             a = sp.coo_matrix((s.hess_c / s.hess_norm, (s.hess_i, s.hess_j)), shape=(problem.n,) * 2).tocsr()
-            delta = newton_direction(a, grad)
+            delta = newton_direction(a, grad, evidence=np.asarray(a.sum(axis=1)).ravel() * s.hess_norm)
             s.base_h, s.base_step, s.base_signal = state.h, delta, signal
             s.damping = min(1.0, 2 * state.damping)
             cap = self.cap_samples(problem)
@@ -304,11 +314,14 @@ class NewtonSolver:
                 s.h_sum = state.h.copy() if state.h_sum is None else state.h_sum + state.h
                 s.n_avg = state.n_avg + 1
                 s.avg_var = state.avg_var + float(((1 - nu) / nu).max()) / n_used
-        else:  # backtrack: halve the damping, or more when the trial was far worse
+        elif not calibrating:  # backtrack: halve the damping, or more when the trial was far worse
             s.damping = state.damping * float(np.clip(state.base_signal / max(signal, 1e-300), 0.125, 0.5))
-        # The margin follows the share of near-tie samples (the share grows ~linearly with it).
-        s.margin = state.margin * float(np.clip(self.pair_share / max(share, 1e-6), 0.25, 4.0))
-        s.h = s.base_h - s.damping * s.base_step
+        # The margin follows the share of near-tie samples (the share grows ~linearly with it;
+        # a saturated share says little, hence the wider range while calibrating).
+        reach = 16.0 if calibrating else 4.0
+        s.margin = state.margin * float(np.clip(self.pair_share / max(share, 1e-6), 1 / reach, reach))
+        if s.base_h is not None:
+            s.h = s.base_h - s.damping * s.base_step
 
         record = {
             "iteration": it + 1,
