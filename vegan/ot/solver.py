@@ -313,7 +313,10 @@ class NewtonSolver:
             a = sp.coo_matrix((s.hess_c / s.hess_norm, (s.hess_i, s.hess_j)), shape=(problem.n,) * 2).tocsr()
             delta = newton_direction(a, grad, evidence=np.asarray(a.sum(axis=1)).ravel() * s.hess_norm)
             s.base_h, s.base_step, s.base_signal = state.h, delta, signal
-            s.damping = min(1.0, 2 * state.damping)
+            # Grow the damping after a kept step, but not right after a retry (that
+            # alternated kept 0.25 / rejected 0.5 steps on the demo codes).
+            retried = bool(state.history) and not state.history[-1]["accepted"]
+            s.damping = state.damping if retried else min(1.0, 2 * state.damping)
             cap = self.cap_samples(problem)
             if noisy and state.n_samples < cap:
                 s.n_samples = min(cap, 2 * state.n_samples)
