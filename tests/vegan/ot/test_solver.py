@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import OTConfig
 from vegan.ot import NewtonSolver, OTResult, Sampling, assign, load_result, save_result, solve
 from vegan.ot.problem import make_problem, sample_slice, sobol_block
-from vegan.ot.solver import SPLIT, newton_direction, noise_z
+from vegan.ot.solver import SPLIT, SolverState, newton_direction, noise_z, pool_pairs
 from vegan.storage import Storage
 
 FAST = dict(progress=False)
@@ -133,20 +134,51 @@ def test_slices_of_an_iteration_are_one_scrambled_sobol_sequence():
     assert torch.equal(sobol_block(5, 3 * 64 + 7, 20, 11), ref[3 * 64 + 7 : 3 * 64 + 27])
 
 
+def _weights(pairs: np.ndarray, n: int, scale: float) -> sp.csr_matrix:
+    a = sp.coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n, n)).tocsr()
+    return (a + a.T) * scale
+
+
 def test_newton_direction_solves_the_sampled_laplacian():
     rng = np.random.default_rng(12)
-    n, n_samples, margin = 40, 10_000, 0.01
+    n = 40
     pairs = rng.integers(0, n, size=(2, 3000)).astype(np.int32)
     pairs = pairs[:, pairs[0] != pairs[1]]
     grad = rng.normal(size=n)
     grad -= grad.mean()
-    delta = newton_direction(pairs, grad, n_samples, margin)
-    a = np.zeros((n, n))
-    np.add.at(a, (pairs[0], pairs[1]), 1.0)
-    a = (a + a.T) / (2 * n_samples * margin)
-    deg = a.sum(1)
-    lap = np.diag(deg + 1e-3 * np.median(deg)) - a  # the solver adds a small ridge
+    a = _weights(pairs, n, 1 / (2 * 10_000 * 0.01))
+    delta = newton_direction(a, grad)
+    deg = a.toarray().sum(1)
+    lap = np.diag(1.01 * deg) - a.toarray()  # connected: every cell gets the 1 % ridge
     np.testing.assert_allclose(lap @ delta, grad, atol=1e-3 * np.abs(grad).max())
+
+
+def test_newton_direction_is_bounded_on_barely_sampled_cells():
+    """A pair of cells seen in one near-tie sample, apart from the rest, moves like a Jacobi step, not 100x."""
+    rng = np.random.default_rng(14)
+    n = 42
+    pairs = rng.integers(0, 40, size=(2, 3000)).astype(np.int32)
+    pairs = np.concatenate([pairs[:, pairs[0] != pairs[1]], [[40], [41]]], axis=1)
+    a = _weights(pairs, n, 1.0)
+    grad = np.zeros(n)
+    grad[40:] = -1.0  # two nearly empty cells
+    delta = newton_direction(a, grad)
+    median_deg = np.median(a.toarray().sum(1))
+    # Their degree is floored at 1/4 of the median and they get a Jacobi-like ridge.
+    assert np.abs(delta[40:]).max() <= 1.0 / (0.25 * median_deg)
+    assert np.abs(delta[:40]).max() < 1e-9
+
+
+def test_pooled_pairs_discount_the_past():
+    n = 5
+    st = SolverState(h=np.zeros(n), n_samples=100, margin=0.1)
+    first = np.array([[0, 1], [1, 2]], dtype=np.int32)
+    st.hess_i, st.hess_j, st.hess_c, st.hess_norm = pool_pairs(st, first, n, 100, 0.1, keep=0.5)
+    assert st.hess_norm == pytest.approx(20.0)
+    i, j, c, norm = pool_pairs(st, np.array([[0], [1]], dtype=np.int32), n, 200, 0.05, keep=0.5)
+    got = sp.coo_matrix((c, (i, j)), shape=(n, n)).toarray()
+    assert norm == pytest.approx(0.5 * 20 + 20)
+    assert got[0, 1] == got[1, 0] == pytest.approx(0.5 + 1) and got[1, 2] == got[2, 1] == pytest.approx(0.5)
 
 
 def test_check_is_sized_from_n_and_tol():
