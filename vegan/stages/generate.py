@@ -48,4 +48,5 @@ STAGE = Stage(
     output="samples/{key}.zarr",
     title="generate latent codes",
     upstream=("ot", "latents"),
+    version=2,  # version 2: written chunk by chunk with completion markers (generate_to_zarr)
 )

@@ -35,5 +35,12 @@ def solve_ot(run: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="ot", run=solve_ot, output="ot/{key}", title="solve semi-discrete OT", upstream=("latents",), gpu=True
+    name="ot",
+    run=solve_ot,
+    output="ot/{key}",
+    title="solve semi-discrete OT",
+    upstream=("latents",),
+    gpu=True,
+    # version 2: the Newton step pools near-tie pairs over iterations (a different trajectory and h).
+    version=2,
 )
