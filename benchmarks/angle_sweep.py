@@ -16,7 +16,7 @@ threshold, so only the threshold changes between rows:
   samples scored by the pipeline's evaluation (``vegan.evaluation.make_evaluate_fn``,
   the run's own extractor and held-out split): rejection rate vs FID, precision, recall.
 
-    .venv/bin/python benchmarks/angle_sweep.py --mnist-run runs/sweep-demo [--json]
+    .venv/bin/python benchmarks/angle_sweep.py --mnist-run runs/sweep-demo [--skip-grid2d] [--json]
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="samples per threshold")
     p.add_argument("--grid-codes", type=int, default=2500)
     p.add_argument("--mnist-run", help="run folder with ae, latents and ot finished (e.g. the demo preset)")
+    p.add_argument("--skip-grid2d", action="store_true", help="only the MNIST run folder's sweep")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    rows = _grid2d(args)
+    rows = [] if args.skip_grid2d else _grid2d(args)
     if args.mnist_run:
         rows += _mnist(args)
     if args.json:
