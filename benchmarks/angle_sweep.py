@@ -84,15 +84,20 @@ def _mnist(args) -> list[dict]:
     )
     rows, sets, rejection = [], {}, {}
     for thr in THRESHOLDS:
-        out = generate(
-            codes, ot, n=args.n, k=cfg.generate.k, angle_threshold=thr, seed=1, centroids=centroids, progress=False
-        )
+        try:
+            out = generate(
+                codes, ot, n=args.n, k=cfg.generate.k, angle_threshold=thr, seed=1, centroids=centroids, progress=False
+            )
+        except RuntimeError as exc:  # (almost) every sample rejected: no set to score at this threshold
+            print(f"threshold {thr:g} deg: {exc}")
+            rejection[f"{thr:g}"] = 1.0
+            continue
         with torch.no_grad():
             sets[f"{thr:g}"] = decoder(torch.from_numpy(out.codes)).clamp(0, 1)
         rejection[f"{thr:g}"] = out.rejection_rate
     metrics = evaluate_fn(sets)
     for thr in THRESHOLDS:
-        m = metrics[f"{thr:g}"]
+        m = metrics.get(f"{thr:g}", {})
         rows.append(
             {
                 "problem": "mnist",
