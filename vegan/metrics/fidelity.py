@@ -236,10 +236,13 @@ def extract_features(
         parts = [_features_of(source, lo, hi, batch_size, space.extractor)
                  for lo, hi in tqdm(bounds, desc=desc, disable=not progress, leave=False)]  # fmt: skip
     else:
-        [src, build] = client.scatter([source, space.build_kwargs], broadcast=True, hash=False)
-        futures = [client.submit(_features_task, src, lo, hi, batch_size, space.fingerprint, build,
-                                 pure=False, retries=2, resources=resources) for lo, hi in bounds]  # fmt: skip
-        parts = client.gather(futures)
+        from vegan.cluster import Tasks
+
+        tasks = Tasks(client, resources)
+        src, build = tasks.scatter([source, space.build_kwargs])  # a list: the dict travels whole
+        parts = tasks.gather(
+            [tasks.submit(_features_task, src, lo, hi, batch_size, space.fingerprint, build) for lo, hi in bounds]
+        )
     return {layer: torch.cat([p[layer] for p in parts]) for layer in space.layers}
 
 

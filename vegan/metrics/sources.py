@@ -55,11 +55,14 @@ def digest(*parts: Any) -> str:
 def map_chunks(client, fn: Callable, data: ChunkedRows, items: list, *shared) -> list:
     """``[fn(data, item, *shared) for item in items]``, as Dask tasks when there is a client. A lazy dataset
     travels as its URL; an in-memory one and the shared arguments are scattered once."""
-    if client is None:
-        return [fn(data, item, *shared) for item in items]
-    src = data if getattr(data, "url", None) is not None else client.scatter(data, broadcast=True, hash=False)
-    shared = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
-    return client.gather([client.submit(fn, src, item, *shared, pure=False, retries=2) for item in items])
+    from vegan.cluster import Tasks
+
+    tasks = Tasks(client)
+    # Scattered as one list, so that each value (a set, a dict) travels whole, not element by element.
+    head = [] if getattr(data, "url", None) is not None else [data]
+    scattered = list(tasks.scatter([*head, *shared])) if head or shared else []
+    src, shared = (scattered[0] if head else data), scattered[len(head) :]
+    return tasks.gather([tasks.submit(fn, src, item, *shared) for item in items])
 
 
 def gather_rows(data: ChunkedRows, index: np.ndarray, client=None) -> np.ndarray:
