@@ -43,15 +43,20 @@ import torch
 
 Precision = Literal["auto", "float32", "screened"]
 
-# Measured on a 2-core Xeon (AVX-512, AMX): at d=64 a 4096 x 1024 fp32 buffer keeps the
-# GEMM near its peak while amax adds ~15 %; larger column chunks fall out of cache
-# and the reduction starts to dominate (see benchmarks/ot_kernel.py).
+# CPU blocks: 4096 sample rows against 256 target columns, widened to 1024 columns only
+# when n is so large that the per-chunk maxima (n / cols per row) would outgrow the score
+# buffer. Measured on a 2-core AMD EPYC (AVX-512, no AMX), one thread, training mode
+# (near-tie margin on), GFLOP/s at cols = 1024 / 512 / 256 (benchmarks/kernel_chunks.py):
+# d=16 n=1e4: 32 / 41 / 41; d=32 n=1e4: 49 / 58 / 59; d=64 n=2e4: 58 / 65 / 69;
+# d=64 n=1e5: 76 / 80 / 78; d=64 n=1e6: 73 / 71 / 71 (noisy machine: ties within ~10 %).
+# Narrow chunks also shrink the float64 rescoring of a row's flagged chunk, which
+# dominates at small d. Column counts stay multiples of 64 floats: the old n // 16 rule
+# gave 625 columns at n = 1e4, unaligned rows that ran at 0.7x of 640 (measured, d=64).
 CPU_BLOCK_ROWS = 4096
-CPU_CHUNK_COLS = 1024
-# Smallest column chunk: below it the per-chunk GEMMs get too small to run fast.
-MIN_CHUNK_COLS = 256
-# Aim for at least this many chunks, so that rescoring the flagged chunk(s) of a
-# row stays a small share of the work.
+CPU_CHUNK_COLS = 256
+CPU_MAX_CHUNKS = 1024
+CPU_WIDE_COLS = 1024
+# On CUDA: at least this many column chunks, so that rescoring stays a small share.
 TARGET_CHUNKS = 16
 # Screening pays off only when the GEMM dominates: at d=16 the bf16 margin flags ~5
 # chunks per row on real codes and the argmax pass dominates anyway (measured).
@@ -82,22 +87,24 @@ class Chunking:
 def choose_chunking(n: int, d: int, device: torch.device | str = "cpu") -> Chunking:
     """Block sizes from the problem size and, on CUDA, the free device memory.
 
-    On CPU the best shape is set by cache sizes, not by memory: a few thousand
-    sample rows against ~1k target columns (measured; see module docstring).
-    Small problems get narrower chunks so that the rescored chunk of a row stays
-    a small share of the row's work. On CUDA bigger tiles amortise launches; we
+    On CPU the best shape is set by caches, not by memory: a few thousand sample
+    rows against a few hundred target columns (measured; see ``CPU_CHUNK_COLS``),
+    wider only when n is in the millions, so that the per-chunk row maxima stay
+    smaller than the score buffer. On CUDA bigger tiles amortise launches; we
     size the score buffer to a share of free memory.
     """
     device = torch.device(device)
-    narrow = max(MIN_CHUNK_COLS, n // TARGET_CHUNKS)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = int(free * CUDA_MEMORY_SHARE) // 4
-        cols = min(n, 16384, max(1024, narrow))
+        cols = min(n, 16384, max(1024, n // TARGET_CHUNKS))
         rows = max(1024, min(65536, budget // max(cols + -(-n // cols), 1)))
         return Chunking(rows, cols)
-    del d  # the CPU optimum barely moves with d in 16..256 (measured)
-    return Chunking(CPU_BLOCK_ROWS, min(n, CPU_CHUNK_COLS, narrow))
+    del d  # the CPU optimum barely moves with d in 16..64 (measured)
+    cols = CPU_CHUNK_COLS
+    while -(-n // cols) > CPU_MAX_CHUNKS and cols < CPU_WIDE_COLS:
+        cols *= 2
+    return Chunking(CPU_BLOCK_ROWS, min(n, cols))
 
 
 @functools.cache
