@@ -136,8 +136,9 @@ class GenerateConfig(_Config):
     angle_threshold: float = Field(
         20.0,
         gt=0,
-        description="Dihedral angle threshold in degrees between adjacent cells (the published AE-OT code uses "
-        "0.7 rad = 40.1 deg; 20 deg is what every preset ran with: see benchmarks/angle_sweep.py).",
+        description="Dihedral angle threshold in degrees between adjacent cells. 20 deg was chosen from a sweep on "
+        "grid2d and MNIST codes (docs/BENCHMARKS.md): smaller rejects nearly every sample on 16-d codes, larger "
+        "lets mixes across gaps between modes through. The published AE-OT code uses 0.7 rad = 40.1 deg.",
     )
     centroid_samples: int = Field(200_000, ge=1, description="Monte Carlo samples for centroids.")
     seed: int = 1
