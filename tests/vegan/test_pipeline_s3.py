@@ -37,3 +37,28 @@ def test_second_writer_is_refused_while_a_run_holds_the_folder(s3_bucket):
     with RunLock(st):
         with pytest.raises(RunLockedError, match="another run"):
             run_pipeline(load_config("tiny", overrides=SMALL), Storage(f"{url}/runs/locked", opts), progress=False)
+
+
+def test_tiny_pipeline_on_s3_with_a_local_cluster_until_generate(s3_bucket):
+    """Workers open the run's Zarr stores in S3 themselves (latents written, codes read, generated codes written)."""
+    import numpy as np
+    import zarr
+
+    from vegan.pipeline import Run
+
+    url, opts = s3_bucket
+    sets = [*SMALL, "cluster.address=local", "cluster.n_workers=2", "latents.chunk_rows=256"]
+    cfg = load_config("tiny", overrides=sets)
+    run_url = f"{url}/runs/cluster"
+    first = run_pipeline(cfg, Storage(run_url, opts), until="generate", progress=False)
+    assert set(first) == {"ae", "latents", "ot", "generate"} and not any(r["reused"] for r in first.values())
+    st = Storage(run_url, opts)
+    m = Manifest(st, cfg)
+    assert m.done_info("latents")["chunks_written"] == m.done_info("latents")["chunks"] > 1
+    assert m.done_info("ot")["mode"] != "local"
+    run = Run(cfg, Storage(run_url, opts), progress=False)
+    gen = zarr.open_group(run.zarr_store("generate", read_only=True), mode="r")
+    codes = np.asarray(gen["codes"][:])
+    assert codes.shape == (128, cfg.ae.latent_dim) and np.isfinite(codes).all()
+    again = run_pipeline(cfg, Storage(run_url, opts), until="generate", progress=False)
+    assert all(r["reused"] for r in again.values())
