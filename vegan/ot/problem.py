@@ -177,7 +177,9 @@ def _as_numpy_2d(y: Any, name: str = "targets y") -> np.ndarray:
 def _check_nu(nu: Any, n: int) -> np.ndarray:
     """Weights: uniform by default; must have length n, be >= 0, > 0 per cell, sum to 1."""
     if nu is None:
-        return np.full(n, 1.0 / n)
+        # One value broadcast to n (read-only, no memory): the driver holds O(n) floats at
+        # millions of codes, and uniform weights need not be one of them.
+        return np.broadcast_to(np.float64(1.0 / n), (n,))
     nu = np.asarray(nu.detach().cpu() if isinstance(nu, torch.Tensor) else nu, dtype=np.float64).ravel()
     if nu.shape[0] != n:
         raise ValueError(f"nu has length {nu.shape[0]} but there are n={n} targets")
@@ -203,7 +205,7 @@ class OTProblem:
     """
 
     y: np.ndarray | None  # (n, d) float32, scaled into the source domain; None: see `store`
-    nu: np.ndarray  # (n,) float64, sums to 1
+    nu: np.ndarray  # (n,) float64, sums to 1 (uniform: one value broadcast, read-only)
     center: np.ndarray  # (d,) float64
     scale: float
     sampling: Sampling = Sampling()
@@ -282,7 +284,8 @@ class OTProblem:
             sm = self.sampling
             hsh.update(f"{self.n}x{self.d}:{sm.source}:{sm.sampler}:{sm.seed}:{self.scale!r}".encode())
             hsh.update(np.ascontiguousarray(self.center).tobytes())
-            hsh.update(np.ascontiguousarray(self.nu).tobytes())
+            for lo in range(0, self.n, 1 << 16):  # by block: no n-sized copy of (broadcast) weights
+                hsh.update(np.ascontiguousarray(self.nu[lo : lo + (1 << 16)]))
             hsh.update(self.stats.digest.encode())
             self._torch_cache["fingerprint"] = hsh.hexdigest()[:16]
         return self._torch_cache["fingerprint"]

@@ -31,6 +31,11 @@ def solve_ot(run: StageContext) -> dict[str, Any]:
         "iterations": int(res.iterations),
         "marginal_error": {k: float(v) for k, v in res.marginal_error.items()},
         "n_codes": int(len(res.h)),
+        # Where the cells were counted: local, samples (all codes on every worker) or targets
+        # (codes sharded across workers), as ot.mode=auto chose it.
+        "mode": res.execution.get("mode"),
+        "shards": res.execution.get("shards"),
+        "workers": res.execution.get("workers"),
     }
 
 
