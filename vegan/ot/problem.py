@@ -12,6 +12,7 @@ a random stream that was consumed by earlier work.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -250,7 +251,26 @@ class OTProblem:
     @property
     def sq_norms(self) -> np.ndarray:
         """``|y_i|^2`` of the scaled targets (float64): the Voronoi start ``h_i = -|y_i|^2 / 2``."""
+        if self.stats.sq_norms is None:  # handed over by take_sq_norms
+            if self.y is None:
+                raise ValueError(
+                    "the squared norms of this problem's codes went to a solver's start (take_sq_norms); "
+                    "build the problem again (make_problem) for another fresh start"
+                )
+            self.stats = scaled_stats(self.y, np.zeros(self.d), 1.0)
         return self.stats.sq_norms
+
+    def take_sq_norms(self) -> np.ndarray:
+        """:attr:`sq_norms`, handed over: this problem keeps no reference to the array.
+
+        The solver needs them once, for its start (:meth:`vegan.ot.solver.NewtonSolver.init`);
+        at millions of codes an n-vector kept through the whole solve is a tenth of the
+        driver's peak. Asked for again, targets in memory recompute them, a problem on a
+        Zarr store raises (its codes are not read in this process).
+        """
+        sq = self.sq_norms
+        self.stats = dataclasses.replace(self.stats, sq_norms=None)
+        return sq
 
     @property
     def max_abs_row_sum(self) -> float:

@@ -326,7 +326,13 @@ class NewtonSolver:
 
     # ------------------------------------------------------------ state
     def init(self, problem: OTProblem, h0: np.ndarray | None = None) -> SolverState:
-        h = -0.5 * problem.sq_norms if h0 is None else np.asarray(h0, dtype=np.float64).copy()
+        """The first state: ``h0``, or the Voronoi start ``-|y_i|^2 / 2``, computed in the buffer of the
+        squared norms the problem hands over (:meth:`OTProblem.take_sq_norms`: not kept twice)."""
+        if h0 is None:
+            h = problem.take_sq_norms()
+            h *= -0.5
+        else:
+            h = np.asarray(h0, dtype=np.float64).copy()
         # A first margin of 0.3 % of the score range; it adapts to `pair_share` within a few steps.
         spread = float(problem.max_abs_row_sum + np.ptp(h))
         # From the Voronoi start the full first Newton step overshot in every run we looked at
