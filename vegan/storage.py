@@ -162,6 +162,11 @@ class Storage:
     def load_torch(self, rel: str, map_location: Any = "cpu") -> Any:
         import torch
 
+        if self.is_local:  # from the file: no bytes copy of it next to the loaded tensors
+            path = self.path(rel)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"not found in storage: {self.uri(rel)}")
+            return torch.load(path, map_location=map_location, weights_only=False)
         return torch.load(io.BytesIO(self.read_bytes(rel)), map_location=map_location, weights_only=False)
 
     # ------------------------------------------------------------------ zarr
