@@ -86,7 +86,14 @@ def round_up(n_samples: int) -> tuple[int, int]:
 
 @dataclass
 class SolverState:
-    """Everything needed to continue a solve (saved in every checkpoint)."""
+    """Everything needed to continue a solve (saved in every checkpoint).
+
+    Dtypes: the potentials (``h``, ``base_h``, ``base_step``, ``h_sum``) are float64: the
+    kernel scores with float32 ``h``, but damped steps and the Polyak-Ruppert sum add small
+    increments that float32 would round away. Pair indices are int32 (n < 2^31); pooled pair
+    counts float64 (discounted sums over many iterations). At millions of codes these three
+    or four n-vectors, plus the Newton step's CG vectors, are the driver's peak memory.
+    """
 
     h: np.ndarray  # the point evaluated next
     n_samples: int
