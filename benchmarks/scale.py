@@ -77,14 +77,12 @@ def run_one(n: int, args) -> dict:
     import torch
     from distributed import Client, LocalCluster
 
-    from vegan.cluster import Tasks
     from vegan.config import AEConfig
     from vegan.data import StreamBatches, ZarrDataset, ingest
     from vegan.data.synthetic import _mnist_uint8, write_shifted_mnist
     from vegan.latents import EncoderRef, code_stats, extract_latents
     from vegan.models import build_model
     from vegan.ot import solve
-    from vegan.ot.distributed import choose_mode
     from vegan.ot.generate import generate_to_zarr
     from vegan.ot.targets import ZarrTargets
 
@@ -207,7 +205,8 @@ def run_one(n: int, args) -> dict:
                     iterations=res.iterations,
                     s_per_iteration=round(sum(iters) / len(iters), 3),
                     n_x_samples_per_s=round(n * args.ot_samples * len(iters) / sum(iters), 1),
-                    mode=choose_mode(n, args.latent_dim, Tasks(client).worker_memory_limit()),
+                    mode=res.execution["mode"],  # what mode=auto chose (recorded by solve)
+                    shards=res.execution["shards"],
                 )
                 t = time.perf_counter()
                 info = generate_to_zarr(

@@ -8,6 +8,7 @@ renamed; object stores publish an object only when its upload completes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -110,18 +111,28 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic write: readers see the old content or the new one, never a partial file."""
         full = self.path(rel)
-        parent = posixpath.dirname(full)
         if self.is_local:
-            os.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".{posixpath.basename(full)}.tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, full)
+            self._write_local(full, lambda f: f.write(data))
         else:
             # Object stores publish an object only once its upload has completed.
             self.fs.pipe_file(full, data)
+
+    @staticmethod
+    def _write_local(full: str, write: Any) -> None:
+        """``write(f)`` into a temporary file next to ``full``, fsync, then rename it into place."""
+        parent = posixpath.dirname(full)
+        os.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(full)}.tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, full)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
@@ -138,6 +149,12 @@ class Storage:
     def save_torch(self, rel: str, obj: Any) -> None:
         import torch
 
+        if self.is_local:
+            # Straight into the file: through a BytesIO a checkpoint of the OT solver's O(n) arrays
+            # costs ~3 copies of them in memory (buffer growth, then getvalue), the driver's peak at
+            # millions of codes.
+            self._write_local(self.path(rel), lambda f: torch.save(obj, f))
+            return
         buf = io.BytesIO()
         torch.save(obj, buf)
         self.write_bytes(rel, buf.getvalue())
@@ -145,6 +162,11 @@ class Storage:
     def load_torch(self, rel: str, map_location: Any = "cpu") -> Any:
         import torch
 
+        if self.is_local:  # from the file: no bytes copy of it next to the loaded tensors
+            path = self.path(rel)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"not found in storage: {self.uri(rel)}")
+            return torch.load(path, map_location=map_location, weights_only=False)
         return torch.load(io.BytesIO(self.read_bytes(rel)), map_location=map_location, weights_only=False)
 
     # ------------------------------------------------------------------ zarr

@@ -79,6 +79,8 @@ def solve(
     problem = make_problem(y, nu, sampling_from_config(cfg), Tasks(client))
     evaluate = make_evaluator(problem, cfg, client)
     try:
-        return run(solver_from_config(cfg), problem, evaluate, checkpoints, cfg.checkpoint_every, progress)
+        res = run(solver_from_config(cfg), problem, evaluate, checkpoints, cfg.checkpoint_every, progress)
+        res.execution = evaluate.describe()  # what mode=auto chose, for the stage's info
+        return res
     finally:
         evaluate.close()

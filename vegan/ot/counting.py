@@ -45,6 +45,10 @@ class Evaluator(Protocol):
         self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int, margin: float = 0.0
     ) -> Counts: ...
 
+    def describe(self) -> dict:
+        """``mode`` (``local``, ``samples`` or ``targets``), ``shards`` (target shards) and ``workers``."""
+        ...
+
 
 def count_slices(
     y: torch.Tensor,
@@ -96,6 +100,10 @@ class LocalEvaluator:
             slice_size=slice_size,
             margin=margin,
         )
+
+    def describe(self) -> dict:
+        """Where the counting ran (recorded in :attr:`vegan.ot.solver.OTResult.execution`)."""
+        return {"mode": "local", "shards": 1, "workers": 0}
 
     def close(self) -> None:
         pass

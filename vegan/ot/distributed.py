@@ -158,6 +158,7 @@ class DaskEvaluator:
         self.client = client
         self.resources = self._gpu_resources()
         self.memory_limit = self._tasks().worker_memory_limit()
+        self.n_workers = self._tasks().n_workers()
         self.mode = choose_mode(problem.n, problem.d, self.memory_limit) if mode == "auto" else mode
         log.info("OT counting on the cluster: %s mode (n=%d, d=%d)", self.mode, problem.n, problem.d)
         self._publish()
@@ -215,7 +216,7 @@ class DaskEvaluator:
         # Pairwise tree, order kept so lower shards stay on the left.
         root = tasks.tree(_merge_task, level, light=True)
         best, idx, sec_v, sec_i = root.result()
-        counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64)
+        counts = np.bincount(idx, minlength=self.problem.n).astype(np.int64, copy=False)
         sums = np.array(
             [torch.from_numpy(best[i * slice_size : (i + 1) * slice_size]).double().sum().item() for i in range(k)]
         )
@@ -241,6 +242,11 @@ class DaskEvaluator:
                 )
                 self._publish()
         raise AssertionError("unreachable")
+
+    def describe(self) -> dict:
+        """The mode ``auto`` chose (or the one asked for), its target shards and the workers at the start."""
+        shards = len(self.shards) if self.mode == "targets" else 1
+        return {"mode": self.mode, "shards": shards, "workers": self.n_workers}
 
     def close(self) -> None:
         for obj in self._owned:

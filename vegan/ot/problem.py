@@ -12,6 +12,7 @@ a random stream that was consumed by earlier work.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -177,7 +178,9 @@ def _as_numpy_2d(y: Any, name: str = "targets y") -> np.ndarray:
 def _check_nu(nu: Any, n: int) -> np.ndarray:
     """Weights: uniform by default; must have length n, be >= 0, > 0 per cell, sum to 1."""
     if nu is None:
-        return np.full(n, 1.0 / n)
+        # One value broadcast to n (read-only, no memory): the driver holds O(n) floats at
+        # millions of codes, and uniform weights need not be one of them.
+        return np.broadcast_to(np.float64(1.0 / n), (n,))
     nu = np.asarray(nu.detach().cpu() if isinstance(nu, torch.Tensor) else nu, dtype=np.float64).ravel()
     if nu.shape[0] != n:
         raise ValueError(f"nu has length {nu.shape[0]} but there are n={n} targets")
@@ -203,7 +206,7 @@ class OTProblem:
     """
 
     y: np.ndarray | None  # (n, d) float32, scaled into the source domain; None: see `store`
-    nu: np.ndarray  # (n,) float64, sums to 1
+    nu: np.ndarray  # (n,) float64, sums to 1 (uniform: one value broadcast, read-only)
     center: np.ndarray  # (d,) float64
     scale: float
     sampling: Sampling = Sampling()
@@ -248,7 +251,26 @@ class OTProblem:
     @property
     def sq_norms(self) -> np.ndarray:
         """``|y_i|^2`` of the scaled targets (float64): the Voronoi start ``h_i = -|y_i|^2 / 2``."""
+        if self.stats.sq_norms is None:  # handed over by take_sq_norms
+            if self.y is None:
+                raise ValueError(
+                    "the squared norms of this problem's codes went to a solver's start (take_sq_norms); "
+                    "build the problem again (make_problem) for another fresh start"
+                )
+            self.stats = scaled_stats(self.y, np.zeros(self.d), 1.0)
         return self.stats.sq_norms
+
+    def take_sq_norms(self) -> np.ndarray:
+        """:attr:`sq_norms`, handed over: this problem keeps no reference to the array.
+
+        The solver needs them once, for its start (:meth:`vegan.ot.solver.NewtonSolver.init`);
+        at millions of codes an n-vector kept through the whole solve is a tenth of the
+        driver's peak. Asked for again, targets in memory recompute them, a problem on a
+        Zarr store raises (its codes are not read in this process).
+        """
+        sq = self.sq_norms
+        self.stats = dataclasses.replace(self.stats, sq_norms=None)
+        return sq
 
     @property
     def max_abs_row_sum(self) -> float:
@@ -282,7 +304,8 @@ class OTProblem:
             sm = self.sampling
             hsh.update(f"{self.n}x{self.d}:{sm.source}:{sm.sampler}:{sm.seed}:{self.scale!r}".encode())
             hsh.update(np.ascontiguousarray(self.center).tobytes())
-            hsh.update(np.ascontiguousarray(self.nu).tobytes())
+            for lo in range(0, self.n, 1 << 16):  # by block: no n-sized copy of (broadcast) weights
+                hsh.update(np.ascontiguousarray(self.nu[lo : lo + (1 << 16)]))
             hsh.update(self.stats.digest.encode())
             self._torch_cache["fingerprint"] = hsh.hexdigest()[:16]
         return self._torch_cache["fingerprint"]

@@ -86,7 +86,14 @@ def round_up(n_samples: int) -> tuple[int, int]:
 
 @dataclass
 class SolverState:
-    """Everything needed to continue a solve (saved in every checkpoint)."""
+    """Everything needed to continue a solve (saved in every checkpoint).
+
+    Dtypes: the potentials (``h``, ``base_h``, ``base_step``, ``h_sum``) are float64: the
+    kernel scores with float32 ``h``, but damped steps and the Polyak-Ruppert sum add small
+    increments that float32 would round away. Pair indices are int32 (n < 2^31); pooled pair
+    counts float64 (discounted sums over many iterations). At millions of codes these three
+    or four n-vectors, plus the Newton step's CG vectors, are the driver's peak memory.
+    """
 
     h: np.ndarray  # the point evaluated next
     n_samples: int
@@ -135,7 +142,10 @@ def voronoi_potential(y: np.ndarray) -> np.ndarray:
 
 def marginal_error(problem: OTProblem, counts: np.ndarray, n_samples: int, iteration: int) -> dict[str, float]:
     """``max_i |w_i - nu_i| / nu_i`` and ``sum_i |w_i - nu_i|`` from counts of a fresh sample set."""
-    err = np.abs(counts / float(n_samples) - problem.nu)
+    # In place: one n-vector besides the counts (and one for the relative error), not four.
+    err = counts / float(n_samples)
+    err -= problem.nu
+    np.abs(err, out=err)
     return {
         "iteration": iteration,
         "max": float((err / problem.nu).max()),
@@ -162,21 +172,38 @@ def pool_pairs(
     ``keep``) are still good evidence: ``A_ij = C_ij / Z`` with ``C`` the pooled
     symmetric counts and ``Z`` the pooled ``2 N margin``.
     """
+    # O(pairs) memory, no n-sized array: a pair (i, j) is the int64 key i * n + j; sorted unique keys
+    # are the CSR (row, col) order the counts come out in. New counts are summed as exact
+    # integers first, then the discounted old counts are added once, as (new + new.T) + old did.
+    # Counts are float64 because they accumulate discounted sums over many iterations.
     i, j = pairs[0].astype(np.int64), pairs[1].astype(np.int64)
-    new = sp.coo_matrix((np.ones(i.shape[0]), (i, j)), shape=(n, n)).tocsr()
-    total = new + new.T
+    keys, inverse = np.unique(np.concatenate([i * n + j, j * n + i]), return_inverse=True)
+    del i, j
+    counts = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
+    del inverse
     norm = 2.0 * n_samples * margin
     if state.hess_c is not None and keep > 0:
-        old = sp.coo_matrix((keep * state.hess_c, (state.hess_i, state.hess_j)), shape=(n, n)).tocsr()
-        total = total + old
+        old = state.hess_i.astype(np.int64) * n + state.hess_j
+        union = np.union1d(keys, old)  # both sorted and unique
+        total = np.zeros(len(union))
+        total[np.searchsorted(union, keys)] = counts
+        total[np.searchsorted(union, old)] += keep * state.hess_c
+        keys, counts = union, total
         norm += keep * state.hess_norm
-    total = total.tocoo()
-    live = total.data >= 1e-3  # forget pairs not seen for many iterations
-    return total.row[live].astype(np.int32), total.col[live].astype(np.int32), total.data[live], norm
+    live = counts >= 1e-3  # forget pairs not seen for many iterations
+    keys = keys[live]
+    # int32 indices: n < 2^31 codes; half the memory of the int64 keys.
+    return (keys // n).astype(np.int32), (keys % n).astype(np.int32), counts[live], norm
 
 
 def newton_direction(
-    a: sp.csr_matrix, grad: np.ndarray, ridge: float = 1e-2, floor: float = 0.25, evidence: np.ndarray | None = None
+    a: sp.csr_matrix,
+    grad: np.ndarray,
+    ridge: float = 1e-2,
+    floor: float = 0.25,
+    evidence: np.ndarray | None = None,
+    pair_norm: float | None = None,
+    overwrite_grad: bool = False,
 ) -> np.ndarray:
     """Solve ``(D - A + R) delta = grad`` (Jacobi-preconditioned CG, deterministic).
 
@@ -185,43 +212,82 @@ def newton_direction(
     version noisy, which the ridge ``R`` and the degree floor guard against:
 
     * a cell seen in fewer than ``MIN_PAIRS`` near-tie pairs (``evidence``: its
-      pooled pair count; a nearly empty cell, typically) gets a degree of at
-      least ``floor`` times the median: otherwise ``g_i / D_i`` would come from a
-      ``D_i`` off by orders of magnitude. Well-sampled cells keep their own
-      degree, which legitimately spans decades on clustered codes;
+      pooled pair count, or ``pair_norm`` when ``a`` is the pooled counts divided
+      by it, so a cell's count is its degree times ``pair_norm``; a nearly empty
+      cell, typically) gets a degree of at least ``floor`` times the median:
+      otherwise ``g_i / D_i`` would come from a ``D_i`` off by orders of magnitude.
+      Well-sampled cells keep their own degree, which legitimately spans decades
+      on clustered codes;
     * cells of the largest connected component of the sampled graph get a
       ridge of ``ridge D_i``; cells the samples did not connect to it get
       ``R_i = D_i`` (about half a Jacobi step), since on a small component the
       Laplacian says nothing about its overall level and CG would return the
       component's mean error divided by the ridge.
+
+    ``overwrite_grad``: CG's residual starts as ``grad`` and is updated in its
+    buffer (one n-vector less; ``grad`` is garbage afterwards).
+
+    Memory: at millions of cells the driver's peak is here, so n-vectors are
+    freed as soon as they are used and CG updates its 5 vectors in place (the
+    same floating-point operations in the same order as the textbook loop).
     """
     n = grad.shape[0]
     deg = np.asarray(a.sum(axis=1)).ravel()
     typical = float(np.median(deg[deg > 0])) if np.any(deg > 0) else 1.0
-    weak = np.ones(n, dtype=bool) if evidence is None else evidence < MIN_PAIRS
-    deg = np.where(weak, np.maximum(deg, floor * typical), deg)
+    if evidence is not None:
+        weak = evidence < MIN_PAIRS
+    elif pair_norm is not None:
+        weak = deg * pair_norm < MIN_PAIRS
+    else:
+        weak = np.ones(n, dtype=bool)
+    np.copyto(deg, np.maximum(deg, floor * typical), where=weak)
+    del weak
     _, label = sp.csgraph.connected_components(a, directed=False)
     main = label == np.bincount(label).argmax()
-    diag = deg * np.where(main, 1 + ridge, 2.0)
-    matvec = lambda v: diag * v - a @ v  # noqa: E731
-    x = np.zeros(n)
-    r = grad.copy()
-    z = r / diag
-    p = z.copy()
-    rz = float(r @ z)
+    del label
+    diag = deg  # D_i (1 + ridge) on the main component, 2 D_i elsewhere
+    diag *= np.where(main, 1 + ridge, 2.0)
+    del deg, main
+
     stop = 1e-4 * float(np.sqrt(grad @ grad))
+    x = np.zeros(n)
+    r = grad if overwrite_grad else grad.copy()
+    p = r / diag  # z = M^-1 r, the first search direction
+    rz = float(r @ p)
     for _ in range(200):
         if math.sqrt(float(r @ r)) <= stop:
             break
-        q = matvec(p)
+        q = a @ p  # q's buffer then holds (D + R - A) p, alpha q, alpha p and z in turn
+        _scaled_minus(diag, p, q)  # q = (D + R) p - A p
         alpha = rz / float(p @ q)
-        x += alpha * p
-        r -= alpha * q
-        z = r / diag
-        rz_new = float(r @ z)
-        p = z + (rz_new / rz) * p
+        _add_scaled(x, alpha, p)  # x += alpha p
+        np.multiply(q, alpha, out=q)
+        r -= q  # r -= alpha q
+        np.divide(r, diag, out=q)  # z = M^-1 r
+        rz_new = float(r @ q)
+        p *= rz_new / rz
+        p += q  # p = z + (rz_new / rz) p
         rz = rz_new
+        del q  # released before the next a @ p allocates its result
     return x
+
+
+# Elements per block of the element-wise updates that would otherwise need an n-vector temporary.
+_BLOCK = 1 << 16
+
+
+def _scaled_minus(d: np.ndarray, p: np.ndarray, q: np.ndarray) -> None:
+    """``q = d * p - q`` in place, a block at a time (the same operations as the whole-array expression)."""
+    for lo in range(0, len(q), _BLOCK):
+        s = slice(lo, lo + _BLOCK)
+        np.subtract(d[s] * p[s], q[s], out=q[s])
+
+
+def _add_scaled(x: np.ndarray, alpha: float, p: np.ndarray) -> None:
+    """``x += alpha * p`` in place, a block at a time."""
+    for lo in range(0, len(x), _BLOCK):
+        s = slice(lo, lo + _BLOCK)
+        x[s] += alpha * p[s]
 
 
 @dataclass(frozen=True)
@@ -267,7 +333,13 @@ class NewtonSolver:
 
     # ------------------------------------------------------------ state
     def init(self, problem: OTProblem, h0: np.ndarray | None = None) -> SolverState:
-        h = -0.5 * problem.sq_norms if h0 is None else np.asarray(h0, dtype=np.float64).copy()
+        """The first state: ``h0``, or the Voronoi start ``-|y_i|^2 / 2``, computed in the buffer of the
+        squared norms the problem hands over (:meth:`OTProblem.take_sq_norms`: not kept twice)."""
+        if h0 is None:
+            h = problem.take_sq_norms()
+            h *= -0.5
+        else:
+            h = np.asarray(h0, dtype=np.float64).copy()
         # A first margin of 0.3 % of the score range; it adapts to `pair_share` within a few steps.
         spread = float(problem.max_abs_row_sum + np.ptp(h))
         # From the Voronoi start the full first Newton step overshot in every run we looked at
@@ -295,12 +367,14 @@ class NewtonSolver:
         n_used = size * k
         res = evaluate(state.h, TAG_TRAIN, it, k, size, state.margin)
         nu = problem.nu
-        grad = res.counts / float(n_used) - nu
+        grad = res.counts / float(n_used)
+        grad -= nu
         rel2 = float(np.mean((grad / nu) ** 2))
         noise2 = float(np.mean((1 - nu) / (n_used * nu)))
         signal = math.sqrt(max(0.0, rel2 - noise2))
         share = res.pairs.shape[1] / n_used
         energy = float(res.sums.sum() / n_used - state.h @ nu)
+        pairs, res = res.pairs, None  # the counts (an n-vector) are not needed past here
         # Down to the Monte Carlo noise. While averaging, a full Newton step from the noise floor
         # lands about one noise level away from h* (that is the noise being averaged out), so
         # "below the noise" is a coin flip there: the plain test threw away every third iteration
@@ -318,10 +392,11 @@ class NewtonSolver:
         )
         if accepted:
             s.hess_i, s.hess_j, s.hess_c, s.hess_norm = pool_pairs(
-                state, res.pairs, problem.n, n_used, state.margin, self.keep
+                state, pairs, problem.n, n_used, state.margin, self.keep
             )
             a = sp.coo_matrix((s.hess_c / s.hess_norm, (s.hess_i, s.hess_j)), shape=(problem.n,) * 2).tocsr()
-            delta = newton_direction(a, grad, evidence=np.asarray(a.sum(axis=1)).ravel() * s.hess_norm)
+            delta = newton_direction(a, grad, pair_norm=s.hess_norm, overwrite_grad=True)
+            del a, grad
             s.base_h, s.base_step, s.base_signal = state.h, delta, signal
             # Grow the damping after a kept step, but not right after a retry (that
             # alternated kept 0.25 / rejected 0.5 steps on the demo codes).
@@ -400,6 +475,8 @@ class OTResult:
     converged: bool
     iterations: int
     marginal_error: dict  # max, l1, n_samples: measured on a fresh sample set
+    # Where the counting ran: mode (local | samples | targets), target shards, workers (see solve).
+    execution: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.h = np.asarray(self.h, dtype=np.float64)
@@ -465,7 +542,7 @@ def run(
         center=problem.center.copy(),
         scale=problem.scale,
         source=problem.source,
-        nu=problem.nu.copy(),
+        nu=problem.nu if not problem.nu.flags.writeable else problem.nu.copy(),  # uniform: shared, read-only
         history=list(state.history),
         converged=solver.done(state),
         iterations=state.iteration,

@@ -170,7 +170,7 @@ def fit_scaling(src: Any, source: str, tasks=None) -> Scaling:
 class ScaledStats:
     """Per-code facts about the scaled targets that the solver needs, O(n) floats in all."""
 
-    sq_norms: np.ndarray  # (n,) float64: |y_i|^2 of the scaled float32 codes
+    sq_norms: np.ndarray | None  # (n,) float64: |y_i|^2 of the scaled float32 codes (None: handed over)
     max_abs_row_sum: float  # max_i sum_j |y_ij|
     digest: str  # sha256 over the block digests of the scaled float32 bytes
 

@@ -31,6 +31,11 @@ def solve_ot(run: StageContext) -> dict[str, Any]:
         "iterations": int(res.iterations),
         "marginal_error": {k: float(v) for k, v in res.marginal_error.items()},
         "n_codes": int(len(res.h)),
+        # Where the cells were counted: local, samples (all codes on every worker) or targets
+        # (codes sharded across workers), as ot.mode=auto chose it.
+        "mode": res.execution.get("mode"),
+        "shards": res.execution.get("shards"),
+        "workers": res.execution.get("workers"),
     }
 
 
@@ -42,5 +47,6 @@ STAGE = Stage(
     upstream=("latents",),
     gpu=True,
     # version 2: the Newton step pools near-tie pairs over iterations (a different trajectory and h).
-    version=2,
+    # version 3: while averaging, iterates within twice the noise are kept and averaged.
+    version=3,
 )

@@ -43,10 +43,29 @@ def test_sample_parallel_equals_single_process(client, targets, single):
     # the trajectory is the same bit for bit.
     np.testing.assert_array_equal(res.h, single.h)
     assert res.marginal_error == single.marginal_error
+    assert res.execution == {"mode": "samples", "shards": 1, "workers": 2}
+    assert single.execution == {"mode": "local", "shards": 1, "workers": 0}
 
 
 def test_target_sharded_equals_sample_parallel(client, targets, single):
     res = solve(targets, max_iter=25, client=client, mode="targets", **KW)
+    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
+    assert res.execution == {"mode": "targets", "shards": 2, "workers": 2}
+
+
+def test_auto_mode_shards_codes_too_big_for_a_worker_and_says_so(client, targets, single, monkeypatch):
+    """``mode=auto`` shards the targets when they exceed the workers' share; the result records what it chose."""
+    from vegan.cluster import Tasks
+    from vegan.ot import distributed as dist
+
+    auto = solve(targets, max_iter=2, client=client, mode="auto", **KW)
+    assert auto.execution == {"mode": "samples", "shards": 1, "workers": 2}  # 400 x 6 codes fit easily
+    # A share of the worker's memory limit that a third of the codes' working set fills.
+    need = targets.shape[0] * targets.shape[1] * dist.BYTES_PER_VALUE
+    monkeypatch.setattr(dist, "TARGETS_SHARE", need / (3 * Tasks(client).worker_memory_limit()))
+    res = solve(targets, max_iter=25, client=client, mode="auto", **KW)
+    assert res.execution["mode"] == "targets" and res.execution["workers"] == 2
+    assert res.execution["shards"] in (3, 4)  # ceil(need / share), up to rounding of the share
     np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
 
 

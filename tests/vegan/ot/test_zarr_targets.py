@@ -10,8 +10,8 @@ import pytest
 import zarr
 
 from vegan.cluster import Tasks
+from vegan.ot import NewtonSolver, solve
 from vegan.ot import distributed as dist
-from vegan.ot import solve
 from vegan.ot.generate import generate, generate_to_zarr
 from vegan.ot.problem import make_problem
 from vegan.ot.targets import ZarrTargets, blocks, fit_scaling
@@ -86,6 +86,21 @@ def test_block_statistics_match_in_memory_bit_for_bit(codes, client):
     np.testing.assert_array_equal(p_mem.sq_norms, p_zarr.sq_norms)
     assert p_mem.max_abs_row_sum == p_zarr.max_abs_row_sum
     assert p_mem.fingerprint() == p_zarr.fingerprint()  # a run may move onto a cluster and resume
+
+
+def test_the_solver_start_takes_the_squared_norms_over(codes, client):
+    """The Voronoi start is computed in the buffer the problem hands over; the problem keeps no n-vector."""
+    y, ref = codes
+    p_mem, p_zarr = make_problem(y), make_problem(ref, tasks=Tasks(client))
+    start = -0.5 * p_mem.sq_norms
+    for problem in (p_mem, p_zarr):
+        fingerprint = problem.fingerprint()
+        state = NewtonSolver().init(problem)
+        np.testing.assert_array_equal(state.h, start)
+        assert problem.stats.sq_norms is None and problem.fingerprint() == fingerprint
+    np.testing.assert_array_equal(p_mem.sq_norms, -2 * start)  # targets in memory: recomputed when asked
+    with pytest.raises(ValueError, match="make_problem"):
+        _ = p_zarr.sq_norms  # on a store: the driver does not read the codes again
 
 
 def test_ot_on_the_cluster_never_reads_codes_on_the_driver(codes, client, single, monkeypatch):

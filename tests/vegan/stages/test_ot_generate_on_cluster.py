@@ -46,7 +46,7 @@ def test_ot_and_generate_on_a_cluster_never_hold_codes_and_match_in_process(tmp_
     run_pipeline(here, str(tmp_path / "a"), until="latents", progress=False)
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same codes for both runs
 
-    run_pipeline(here, str(tmp_path / "a"), until="generate", progress=False)
+    local = run_pipeline(here, str(tmp_path / "a"), until="generate", progress=False)
     on_cluster = load_config(
         "tiny", overrides=[*SETS, "cluster.address=local", "cluster.n_workers=2", "cluster.memory_limit=1GiB"]
     )
@@ -56,6 +56,9 @@ def test_ot_and_generate_on_a_cluster_never_hold_codes_and_match_in_process(tmp_
         again = run_pipeline(on_cluster, str(tmp_path / "b"), until="generate", progress=False)
     assert not info["ot"]["reused"] and not info["generate"]["reused"]
     assert again["ot"]["reused"] and again["generate"]["reused"]
+    # The stage's info says where the cells were counted (ot.mode=auto: tiny codes fit every worker).
+    assert {k: info["ot"][k] for k in ("mode", "shards", "workers")} == {"mode": "samples", "shards": 1, "workers": 2}
+    assert again["ot"]["mode"] == "samples" and local["ot"]["mode"] == "local"
 
     a, b = Run(here, str(tmp_path / "a")), Run(on_cluster, str(tmp_path / "b"))
     ra, rb = load_result(a.dir("ot")), load_result(b.dir("ot"))
