@@ -46,12 +46,11 @@ Precision = Literal["auto", "float32", "screened"]
 # CPU blocks: 4096 sample rows against 256 target columns, widened to 1024 columns only
 # when n is so large that the per-chunk maxima (n / cols per row) would outgrow the score
 # buffer. Measured on a 2-core AMD EPYC (AVX-512, no AMX), one thread, training mode
-# (near-tie margin on), GFLOP/s at cols = 1024 / 512 / 256 (benchmarks/kernel_chunks.py):
-# d=16 n=1e4: 32 / 41 / 41; d=32 n=1e4: 49 / 58 / 59; d=64 n=2e4: 58 / 65 / 69;
-# d=64 n=1e5: 76 / 80 / 78; d=64 n=1e6: 73 / 71 / 71 (noisy machine: ties within ~10 %).
-# Narrow chunks also shrink the float64 rescoring of a row's flagged chunk, which
-# dominates at small d. Column counts stay multiples of 64 floats: the old n // 16 rule
-# gave 625 columns at n = 1e4, unaligned rows that ran at 0.7x of 640 (measured, d=64).
+# (benchmarks/kernel_chunks.py; docs/BENCHMARKS.md, "Kernel column chunks"): 256 columns
+# are the fastest or tied from n = 1e4 to 1e6 and d = 16 to 64, and 1.9x (d=16) / 2.4x
+# (d=32) faster at n = 1e4 than the old n // 16 rule's 625 columns (unaligned rows, a
+# 10 MB score tile). Narrow chunks also shrink the float64 rescoring of a row's flagged
+# chunk, which dominates at small d. Column counts stay multiples of 64 floats.
 CPU_BLOCK_ROWS = 4096
 CPU_CHUNK_COLS = 256
 CPU_MAX_CHUNKS = 1024
