@@ -37,18 +37,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale import peak_rss_mib  # noqa: E402
+
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / MIB
-
-
-def hwm_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Phases:
@@ -184,7 +180,7 @@ def main() -> None:
     ):
         client.run(torch.set_num_threads, 1)
         tracemalloc.start()
-        base_rss, base_hwm = rss_mib(), hwm_mib()
+        base_rss, base_hwm = rss_mib(), peak_rss_mib()
         ref = ZarrTargets.open(codes)
         with ph.phase("ot"):
             res = api.solve(
@@ -198,7 +194,7 @@ def main() -> None:
                 checkpoint_every=1,
                 progress=False,
             )
-        ot_hwm = hwm_mib()
+        ot_hwm = peak_rss_mib()
         gen.generate_to_zarr(
             ref,
             res,
@@ -219,7 +215,7 @@ def main() -> None:
         "rss_before_ot_mib": round(base_rss, 1),
         "hwm_before_ot_mib": round(base_hwm, 1),
         "hwm_after_ot_mib": round(ot_hwm, 1),
-        "hwm_end_mib": round(hwm_mib(), 1),
+        "hwm_end_mib": round(peak_rss_mib(), 1),
         "phases": {
             k: {**{m: round(v, 1) for m, v in st.items()}, "peak_n_vectors": round(st["peak_mib"] / vec, 2)}
             for k, st in ph.stats.items()
@@ -229,7 +225,7 @@ def main() -> None:
         print(json.dumps(out, indent=2))
     else:
         print(f"n = {n}: one n-vector = {vec:.1f} MiB; RSS before OT {base_rss:.0f} MiB")
-        print(f"VmHWM: before OT {base_hwm:.0f}, after OT {ot_hwm:.0f}, end {hwm_mib():.0f} MiB")
+        print(f"VmHWM: before OT {base_hwm:.0f}, after OT {ot_hwm:.0f}, end {peak_rss_mib():.0f} MiB")
         print(f"{'phase':14s} {'calls':>5s} {'traced peak':>12s} {'n-vec':>6s} {'kept':>8s} {'max RSS':>8s}")
         for k, st in out["phases"].items():
             print(

@@ -3,11 +3,10 @@ while this process (the driver) is forbidden to read a single code."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import zarr
+from zarr_guard import CodesRead, no_codes_here
 
 from vegan.cluster import Tasks
 from vegan.ot import NewtonSolver, solve
@@ -19,28 +18,6 @@ from vegan.ot.targets import ZarrTargets, blocks, fit_scaling
 distributed = pytest.importorskip("distributed")
 
 KW = dict(progress=False, n_samples=8192, max_samples=32768, eval_samples=16384, tol=1e-9)
-
-
-class CodesRead(AssertionError):
-    pass
-
-
-@contextlib.contextmanager
-def no_codes_here(monkeypatch, d: int):
-    """Any read of a (n, d) Zarr array's data in THIS process fails (workers are other processes)."""
-    for name in ("get_basic_selection", "get_orthogonal_selection", "get_coordinate_selection", "get_mask_selection"):
-        real = getattr(zarr.Array, name)
-
-        def guarded(self, *args, _real=real, **kwargs):
-            if self.ndim == 2 and self.shape[1] == d:
-                raise CodesRead(f"the driver read codes from {self.store}")
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(zarr.Array, name, guarded)
-    try:
-        yield
-    finally:
-        monkeypatch.undo()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
+from zarr_guard import forbid_code_reads
 
 from vegan.config import load_config
 from vegan.ot import load_result
@@ -29,15 +30,7 @@ def _forbid_codes_on_the_driver(monkeypatch, d: int) -> None:
         raise AssertionError("Run.codes was called on the driver")
 
     monkeypatch.setattr(Run, "codes", property(refuse))
-    for name in ("get_basic_selection", "get_orthogonal_selection"):
-        real = getattr(zarr.Array, name)
-
-        def guarded(self, *args, _real=real, **kwargs):
-            if self.ndim == 2 and self.shape[1] == d:
-                raise AssertionError(f"the driver read codes from {self.store}")
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(zarr.Array, name, guarded)
+    forbid_code_reads(monkeypatch, d)
 
 
 @pytest.mark.slow
