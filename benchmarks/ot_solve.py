@@ -1,7 +1,7 @@
 """Time to a verified max relative cell error: our Newton solver vs OTT-JAX, POT and a pyOMT-style loop.
 
     .venv/bin/python benchmarks/ot_solve.py [--json] [--problem gmm:10000:32 ...] [--budget 120]
-        [--check-noise 0.05] [--plot docs/img/ot_solve.png]
+        [--solvers newton,newton-demo,pyomt,pot,ott] [--check-noise 0.05] [--first-check 4] [--plot docs/img/ot_solve.png]
 
 Every solver runs on the same problem (uniform cube source, uniform weights,
 targets scaled into the cube as ``vegan.ot.make_problem`` does) and is
@@ -331,6 +331,9 @@ def main() -> None:
         "pot": lambda p, c: run_pot(p, c, args.budget, args.pot_max_bytes),
         "ott": lambda p, c: run_ott(p, c, args.budget),
     }
+    unknown = sorted(set(args.solvers.split(",")) - set(runners))
+    if unknown:
+        ap.error(f"unknown solver(s) {', '.join(unknown)}: choose from {', '.join(runners)}")
     budgets = [args.budget / 8, args.budget / 4, args.budget / 2, args.budget]
     results = []
     for spec in args.problem or ["gmm:10000:32", "gmm:60000:16"]:
