@@ -1,7 +1,8 @@
 """Time to a verified max relative cell error: our Newton solver vs OTT-JAX, POT and a pyOMT-style loop.
 
     .venv/bin/python benchmarks/ot_solve.py [--json] [--problem gmm:10000:32 ...] [--budget 120]
-        [--solvers newton,newton-demo,pyomt,pot,ott] [--check-noise 0.05] [--first-check 4] [--plot docs/img/ot_solve.png]
+        [--solvers newton,newton-demo,pyomt,pot,ott] [--check-noise 0.05] [--first-check 4]
+        [--plot docs/img/ot_solve.png]
 
 Every solver runs on the same problem (uniform cube source, uniform weights,
 targets scaled into the cube as ``vegan.ot.make_problem`` does) and is
