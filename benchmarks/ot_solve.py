@@ -1,7 +1,8 @@
 """Time to a verified max relative cell error: our Newton solver vs OTT-JAX, POT and a pyOMT-style loop.
 
     .venv/bin/python benchmarks/ot_solve.py [--json] [--problem gmm:10000:32 ...] [--budget 120]
-        [--solvers newton,newton-demo,pyomt,pot,ott] [--check-noise 0.05] [--first-check 4]
+        [--solvers newton,newton-demo,pyomt,pot,ott] [--check-noise 0.05] [--first-check 4 | --at 60,180]
+        [--first-per-code 16]
         [--plot docs/img/ot_solve.png]
 
 Every solver runs on the same problem (uniform cube source, uniform weights,
@@ -100,13 +101,20 @@ class SharedCheck:
 class Curve:
     """Snapshots ``(solver seconds, error)``; checks are taken on a geometric time grid, untimed."""
 
-    def __init__(self, check: SharedCheck, first: float, factor: float = 2.0):
-        self.check, self.next, self.factor = check, first, factor
+    def __init__(self, check: SharedCheck, first: float, factor: float = 2.0, at: list[float] | None = None):
+        # `at`: explicit snapshot times instead of the doubling grid (a check sized for a
+        # tight tolerance costs minutes per snapshot, so one may afford only a few).
+        self.check, self.factor = check, factor
+        self.at = sorted(at) if at else None
+        self.next = self.at[0] if self.at else first
         self.points: list[dict] = []
 
     def maybe(self, seconds: float, h_fn, force: bool = False) -> None:
-        if force or seconds >= self.next:
+        """Snapshot when due; ``force`` (the start and the end of a run) only on the doubling grid."""
+        if (force and not self.at) or seconds >= self.next:
             self.points.append({"seconds": seconds, **self.check(h_fn())})
+            if self.at:
+                self.next = next((t for t in self.at if t > seconds), math.inf)
             while self.next <= seconds:
                 self.next *= self.factor
 
@@ -129,13 +137,14 @@ def run_newton(problem: OTProblem, curve: Curve, budget: float, tol: float, **si
         state = solver.step(state, problem, evaluate)
         spent += time.perf_counter() - t
         curve.maybe(spent, lambda state=state: state.h_out, force=solver.done(state))
-    if curve.points[-1]["seconds"] != spent:
+    if not curve.points or curve.points[-1]["seconds"] != spent:
         curve.maybe(spent, lambda: state.h_out, force=True)
     return {
         "iterations": state.iteration,
         "converged": solver.done(state),
         "own_check": state.last_eval,
         "samples_per_iteration_last": state.history[-1]["n_samples"],
+        "history": state.history,
     }
 
 
@@ -321,12 +330,23 @@ def main() -> None:
         help="Monte Carlo noise of the shared check on the max relative error",
     )
     ap.add_argument("--first-check", type=float, default=4.0, help="solver seconds of the first timed snapshot")
+    ap.add_argument(
+        "--at", default=None, help="snapshot only at these solver seconds (comma-separated), not on the doubling grid"
+    )
+    ap.add_argument(
+        "--first-per-code",
+        type=int,
+        default=None,
+        help="newton: first batch in samples per code (default: the solver's)",
+    )
     ap.add_argument("--pot-max-bytes", type=float, default=1.5e9)
     ap.add_argument("--plot", default="docs/img/ot_solve.png")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
     runners = {
-        "newton": lambda p, c: run_newton(p, c, args.budget, args.tol),
+        "newton": lambda p, c: run_newton(
+            p, c, args.budget, args.tol, **({"n_samples": args.first_per_code * p.n} if args.first_per_code else {})
+        ),
         "newton-demo": lambda p, c: run_newton(p, c, args.budget, args.tol, **demo_sizes()),
         "pyomt": lambda p, c: run_pyomt(p, c, args.budget),
         "pot": lambda p, c: run_pot(p, c, args.budget, args.pot_max_bytes),
@@ -352,7 +372,7 @@ def main() -> None:
             "solvers": {},
         }
         for sname in args.solvers.split(","):
-            curve = Curve(check, args.first_check)
+            curve = Curve(check, args.first_check, at=[float(t) for t in args.at.split(",")] if args.at else None)
             t = time.perf_counter()
             info = runners[sname](problem, curve)
             info["wall_with_checks"] = time.perf_counter() - t
@@ -360,7 +380,10 @@ def main() -> None:
                 info.update(curve=curve.points, **summarise(curve.points, budgets))
             res["solvers"][sname] = info
             if not args.json:
-                print(f"{name} {sname}: " + json.dumps({k: v for k, v in info.items() if k != "curve"}), flush=True)
+                print(
+                    f"{name} {sname}: " + json.dumps({k: v for k, v in info.items() if k not in ("curve", "history")}),
+                    flush=True,
+                )
         res["check_seconds_total"] = check.seconds
         results.append(res)
         if args.out:  # written after every problem, so a long run keeps what it measured

@@ -97,7 +97,7 @@ class OTConfig(_Config):
     tol: float = Field(0.1, gt=0, description="Stop when max_i |w_i - nu_i| / nu_i <= tol on a fresh sample.")
     max_iter: int = Field(300, ge=1)
     n_samples: int | None = Field(
-        None, ge=1, description="Samples in the first iteration (None: 64 per code); doubles at the noise floor."
+        None, ge=1, description="Samples in the first iteration (None: 16 per code); doubles at the noise floor."
     )
     max_samples: int | None = Field(
         None, ge=1, description="Cap on samples per iteration (None: from n and tol); iterates are averaged there."

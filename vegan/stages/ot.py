@@ -48,5 +48,6 @@ STAGE = Stage(
     gpu=True,
     # version 2: the Newton step pools near-tie pairs over iterations (a different trajectory and h).
     # version 3: while averaging, iterates within twice the noise are kept and averaged.
-    version=3,
+    # version 4: the default first batch is 16 samples per code, not 64 (a different trajectory).
+    version=4,
 )
