@@ -99,11 +99,12 @@ class SharedCheck:
 
 
 class Curve:
-    """Snapshots ``(solver seconds, error)``; checks are taken on a geometric time grid, untimed."""
+    """Snapshots ``(solver seconds, error)``, untimed, on a geometric time grid from ``first`` or at ``at`` only.
+
+    ``at`` is for checks sized for a tight tolerance, which cost minutes per snapshot.
+    """
 
     def __init__(self, check: SharedCheck, first: float, factor: float = 2.0, at: list[float] | None = None):
-        # `at`: explicit snapshot times instead of the doubling grid (a check sized for a
-        # tight tolerance costs minutes per snapshot, so one may afford only a few).
         self.check, self.factor = check, factor
         self.at = sorted(at) if at else None
         self.next = self.at[0] if self.at else first
@@ -316,6 +317,17 @@ def plot(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def seconds_list(text: str) -> list[float]:
+    """``--at 60,180`` -> ``[60.0, 180.0]``; anything else is a usage error naming the value."""
+    try:
+        times = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
+    if not all(t > 0 for t in times):
+        raise argparse.ArgumentTypeError(f"snapshot seconds must be > 0, got {text!r}")
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
@@ -331,7 +343,10 @@ def main() -> None:
     )
     ap.add_argument("--first-check", type=float, default=4.0, help="solver seconds of the first timed snapshot")
     ap.add_argument(
-        "--at", default=None, help="snapshot only at these solver seconds (comma-separated), not on the doubling grid"
+        "--at",
+        type=seconds_list,
+        default=None,
+        help="snapshot only at these solver seconds (comma-separated), not on the doubling grid",
     )
     ap.add_argument(
         "--first-per-code",
@@ -372,7 +387,7 @@ def main() -> None:
             "solvers": {},
         }
         for sname in args.solvers.split(","):
-            curve = Curve(check, args.first_check, at=[float(t) for t in args.at.split(",")] if args.at else None)
+            curve = Curve(check, args.first_check, at=args.at)
             t = time.perf_counter()
             info = runners[sname](problem, curve)
             info["wall_with_checks"] = time.perf_counter() - t
