@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from vegan.config import ClusterConfig
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, LocalCluster
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,27 @@ _ACTIVE: list["Client"] = []
 
 class ClusterError(RuntimeError):
     """The configured Dask cluster cannot be started or reached."""
+
+
+def local_cluster(n_workers: int, threads_per_worker: int = 1, **kwargs) -> "LocalCluster":
+    """A ``LocalCluster`` of ``n_workers`` worker processes whose workers never pause at their memory limit.
+
+    Dask pauses a worker at 80 % of its ``memory_limit`` until spilling brings it back down. A vegan
+    worker's memory is torch, a model and their buffers: unmanaged memory that spilling cannot
+    release, so a paused worker stays paused, and a stage whose workers are all paused waits
+    forever without an error (reproduced with 700 MiB workers on the ot and generate stages; a CI
+    run hung the same way with 1 GiB workers). Without the pause, a worker that really outgrows its
+    limit is restarted by its nanny at 95 %, its task is retried, and after the retries the stage
+    fails with ``KilledWorker`` naming the task. ``kwargs`` go to ``LocalCluster`` (``memory_limit``,
+    ``resources``, ``env``, ``dashboard_address``: None unless given).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    kwargs.setdefault("dashboard_address", None)
+    # Each nanny copies the config when it is created, and hands it to its worker process.
+    with dask.config.set({"distributed.worker.memory.pause": False}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, **kwargs)
 
 
 def active_client() -> "Client | None":
@@ -83,18 +104,16 @@ def connect(cfg: ClusterConfig) -> Iterator["Client | None"]:
     if cfg.address == "none":
         yield None
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     cluster = None
     if cfg.address == "local":
         threads = str(cfg.threads_per_worker)
         kwargs = {} if cfg.memory_limit is None else {"memory_limit": cfg.memory_limit}
         try:
-            cluster = LocalCluster(
-                n_workers=cfg.n_workers,
-                threads_per_worker=cfg.threads_per_worker,
-                processes=True,
-                dashboard_address=None,
+            cluster = local_cluster(
+                cfg.n_workers,
+                cfg.threads_per_worker,
                 env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
                 **kwargs,
             )

@@ -95,6 +95,30 @@ def test_local_cluster_has_single_threaded_torch_workers_and_is_closed_after():
     assert client.status == "closed"
 
 
+def _hold_memory(share: float) -> float:
+    """On a worker: hold enough touched memory that the process uses ``share`` of its limit; returns the share."""
+    import psutil
+    from distributed import get_worker
+
+    worker = get_worker()
+    limit = worker.memory_manager.memory_limit
+    missing = int(share * limit) - psutil.Process().memory_info().rss
+    worker._vegan_held = np.ones(max(missing, 0), dtype=np.uint8)  # unmanaged: spilling cannot free it
+    time.sleep(1.0)  # several rounds of the worker's memory monitor (every 100 ms)
+    return psutil.Process().memory_info().rss / limit
+
+
+def test_a_local_cluster_worker_past_80_percent_of_its_memory_limit_keeps_working():
+    """Dask's default pauses such a worker until spilling frees memory; torch's memory never spills, so a
+    stage on paused workers would wait forever. vegan's local clusters keep them running."""
+    with connect(ClusterConfig(address="local", n_workers=1, memory_limit="1GiB")) as client:
+        used = client.submit(_hold_memory, 0.87, pure=False).result(timeout=60)
+        assert 0.8 < used < 0.95  # past the pause threshold, short of the nanny's restart at 95 %
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["status"] == "running"
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
 # ------------------------------------------------------------------ vegan ingest
 def test_vegan_ingest_writes_a_uint8_zarr_dataset_and_resumes(tmp_path):
     dest = tmp_path / "mnist.zarr"

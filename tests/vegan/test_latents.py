@@ -90,8 +90,9 @@ def _saved_encoder(tmp_path, shape):
 
 
 def test_dask_extraction_from_zarr_dataset_writes_chunks_on_workers(tmp_path):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from vegan.cluster import local_cluster
     from vegan.data import ZarrDataset, ingest
     from vegan.latents import EncoderRef, code_stats
 
@@ -104,14 +105,7 @@ def test_dask_extraction_from_zarr_dataset_writes_chunks_on_workers(tmp_path):
         want = model.encode(torch.from_numpy(x).float() / 255).numpy()
     store = str(tmp_path / "codes.zarr")
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            memory_limit="1GiB",
-            resources={"GPU": 1},
-        ) as cluster,
+        local_cluster(2, memory_limit="1GiB", resources={"GPU": 1}) as cluster,
         Client(cluster) as client,
     ):
         info = extract_latents(
@@ -178,8 +172,9 @@ def test_a_worker_killed_mid_extraction_loses_nothing(tmp_path):
     import threading
     import time
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from vegan.cluster import local_cluster
     from vegan.data import ZarrDataset, ingest
 
     x = np.random.default_rng(1).integers(0, 256, size=(480, 1, 8, 8), dtype=np.uint8)
@@ -195,9 +190,7 @@ def test_a_worker_killed_mid_extraction_loses_nothing(tmp_path):
     store = str(tmp_path / "codes.zarr")
     result = {}
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="1GiB"
-        ) as cluster,
+        local_cluster(2, memory_limit="1GiB") as cluster,
         Client(cluster) as client,
     ):
         job = threading.Thread(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vegan.cluster import Tasks
+from vegan.cluster import Tasks, local_cluster
 from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
 from vegan.ot.counting import Counts, count_slices
@@ -141,7 +141,7 @@ class DaskEvaluator:
         mode: str = "samples",
         device: str = "auto",
     ):
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         if mode not in ("samples", "targets", "auto"):
             raise ValueError(f"mode must be 'samples', 'targets' or 'auto', got {mode!r}")
@@ -149,7 +149,7 @@ class DaskEvaluator:
         self._owned = []
         if client is None:
             if cluster in ("local", "none"):
-                lc = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+                lc = local_cluster(n_workers, dashboard_address=":0")
                 client = Client(lc)
                 self._owned = [client, lc]
             else:

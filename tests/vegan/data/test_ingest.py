@@ -29,12 +29,12 @@ def _folder(root, n_per_class=(5, 4), classes=("cat", "dog"), size=(6, 5)):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from vegan.cluster import local_cluster
 
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="1GiB"
-        ) as cluster,
+        local_cluster(2, memory_limit="1GiB") as cluster,
         Client(cluster) as c,
     ):
         yield c

@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from vegan.cluster import local_cluster
 from vegan.config import DataConfig, EvalConfig
 from vegan.data import GRID_MEANS, GRID_STD, DatasetError, load_dataset
 from vegan.metrics import (
@@ -333,7 +334,7 @@ def test_extraction_on_dask_workers_matches_local(mnist_test, mnist_train):
     cfg = EvalConfig(n_samples=200, **FAST)
     space = feature_space(cfg, mnist_train.data, mnist_train.labels)
     local = extract_features(mnist_test.data[:200], space, batch_size=64)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+    with local_cluster(2) as lc:
         with distributed.Client(lc) as client:
             remote = extract_features(mnist_test.data[:200], space, batch_size=64, client=client)
     for layer in space.layers:

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from vegan.cluster import local_cluster
 from vegan.ot import solve
 
 distributed = pytest.importorskip("distributed")
@@ -21,7 +22,7 @@ KW = dict(progress=False, n_samples=8192, max_samples=32768, eval_samples=16384,
 def client():
     """A real 2-process LocalCluster (one thread each), created inside the test session."""
     with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        local_cluster(2, dashboard_address=":0") as cluster,
         distributed.Client(cluster) as c,
     ):
         yield c
@@ -114,9 +115,7 @@ def test_counting_tasks_land_on_gpu_workers(targets, single):
     import sys
 
     with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", resources={"GPU": 1}
-        ) as cluster,
+        local_cluster(1, dashboard_address=":0", resources={"GPU": 1}) as cluster,
         distributed.Client(cluster) as c,
     ):
         cpu_worker = subprocess.Popen(

@@ -8,7 +8,7 @@ import pytest
 import zarr
 from zarr_guard import CodesRead, no_codes_here
 
-from vegan.cluster import Tasks
+from vegan.cluster import Tasks, local_cluster
 from vegan.ot import NewtonSolver, solve
 from vegan.ot import distributed as dist
 from vegan.ot.generate import generate, generate_to_zarr
@@ -23,9 +23,7 @@ KW = dict(progress=False, n_samples=8192, max_samples=32768, eval_samples=16384,
 @pytest.fixture(scope="module")
 def client():
     with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="1.5GiB"
-        ) as cluster,
+        local_cluster(2, dashboard_address=":0", memory_limit="1.5GiB") as cluster,
         distributed.Client(cluster) as c,
     ):
         yield c
