@@ -139,12 +139,13 @@ def main() -> None:
     import shutil
 
     import torch
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     import vegan.ot.api as api
     import vegan.ot.generate as gen
     import vegan.ot.solver as solver
     from vegan.checkpoint import CheckpointDir
+    from vegan.cluster import local_cluster
     from vegan.ot.distributed import DaskEvaluator
     from vegan.ot.targets import ZarrTargets
     from vegan.storage import Storage
@@ -173,9 +174,7 @@ def main() -> None:
     ph.wrap(gen, "generate_to_zarr", "generate")
 
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=args.memory_limit
-        ) as cluster,
+        local_cluster(2, memory_limit=args.memory_limit) as cluster,
         Client(cluster) as client,
     ):
         client.run(torch.set_num_threads, 1)

@@ -75,8 +75,9 @@ def _png_folder(folder: Path, n: int) -> None:
 def run_one(n: int, args) -> dict:
     """All measurements for one N (called in a fresh process)."""
     import torch
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from vegan.cluster import local_cluster
     from vegan.config import AEConfig
     from vegan.data import StreamBatches, ZarrDataset, ingest
     from vegan.data.synthetic import _mnist_uint8, write_shifted_mnist
@@ -113,13 +114,7 @@ def run_one(n: int, args) -> dict:
     for workers in (2, 1) if n <= args.one_worker_max else (2,):
         tag = f"{workers}w"
         with (
-            LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                memory_limit=args.memory_limit,
-            ) as cluster,
+            local_cluster(workers, memory_limit=args.memory_limit) as cluster,
             Client(cluster) as client,
         ):
             client.run(torch.set_num_threads, 1)
