@@ -276,10 +276,15 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
         stage.start()
         deadline = time.time() + 300
         complete = latents / "complete" / "c"
-        while not (complete.exists() and len(list(complete.iterdir())) >= 4):
+
+        def done_chunks() -> list[int]:
+            # Finished chunk files only: a store write in flight is a ``<chunk>.<uuid>.partial`` file.
+            return sorted(int(p.name) for p in complete.iterdir() if p.name.isdigit()) if complete.exists() else []
+
+        while len(done_chunks()) < 4:
             assert stage.is_alive() and time.time() < deadline, "the stage ended before a worker could be killed"
             time.sleep(0.01)
-        done_before = sorted(int(p.name) for p in complete.iterdir())
+        done_before = done_chunks()
         finished = {
             p: p.stat().st_mtime_ns
             for c in done_before
