@@ -49,5 +49,6 @@ STAGE = Stage(
     # version 2: the Newton step pools near-tie pairs over iterations (a different trajectory and h).
     # version 3: while averaging, iterates within twice the noise are kept and averaged.
     # version 4: the default first batch is 16 samples per code, not 64 (a different trajectory).
-    version=4,
+    # version 5: the damping is kept, not doubled, when the batch doubles at the noise floor.
+    version=5,
 )
