@@ -246,6 +246,25 @@ def test_dask_jobqueue_config_is_read_by_dask_jobqueue():
     assert "--nthreads 1" in script and "OMP_NUM_THREADS=8" in script
 
 
+PAUSE_ENV = "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE"
+
+
+def test_every_dask_worker_spec_turns_the_memory_pause_off():
+    """As vegan.cluster.local_cluster: a worker's torch memory never spills, so a paused worker would hang."""
+    import dask.config
+
+    values = [_yaml("compose.yaml")["services"]["dask-worker"]["environment"][PAUSE_ENV]]
+    for doc in yaml.safe_load_all((INFRA / "dask/kubernetes-cluster.yaml").read_text()):
+        for container in doc["spec"]["worker"]["spec"]["containers"]:
+            values += [e["value"] for e in container.get("env", []) if e["name"] == PAUSE_ENV] or [None]
+    for section in _yaml("dask/jobqueue.yaml")["jobqueue"].values():
+        exports = [line.split("=", 1) for line in section["job-script-prologue"] if line.startswith("export ")]
+        values += [v.split("#")[0].strip() for k, v in exports if k == f"export {PAUSE_ENV}"] or [None]
+    assert len(values) == 5 and None not in values  # compose, 2 Kubernetes worker groups, SLURM, PBS
+    for value in values:
+        assert dask.config.collect_env({PAUSE_ENV: value})["distributed"]["worker"]["memory"]["pause"] is False
+
+
 # ------------------------------------------------------------------- dockerfiles
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_dockerfile_installs_the_project(name):
