@@ -47,10 +47,11 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, **kwargs) -> "Loc
     worker's memory is torch, a model and their buffers: unmanaged memory that spilling cannot
     release, so a paused worker stays paused, and a stage whose workers are all paused waits
     forever without an error (reproduced with 700 MiB workers on the ot and generate stages; a CI
-    run hung the same way with 1 GiB workers). Without the pause, a worker that really outgrows its
-    limit is restarted by its nanny at 95 %, its task is retried, and after the retries the stage
-    fails with ``KilledWorker`` naming the task. ``kwargs`` go to ``LocalCluster`` (``memory_limit``,
-    ``resources``, ``env``, ``dashboard_address``: None unless given).
+    run of that test with 1 GiB workers hung with no error, most likely so). Without the pause, a
+    worker that really outgrows its limit is restarted by its nanny at 95 %, its task is retried,
+    and after the retries the stage fails with ``KilledWorker`` naming the task. ``kwargs`` go to
+    ``LocalCluster`` (``memory_limit``, ``resources``, ``env``, ``dashboard_address``: None unless
+    given).
     """
     import dask
     from distributed import LocalCluster
