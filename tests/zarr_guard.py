@@ -1,8 +1,10 @@
-"""A guard for tests of the scale-out paths: the driver process must never read the codes."""
+"""Zarr helpers for tests of the scale-out paths: the driver process must never read the codes, and
+which chunks of a store are finished."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import zarr
 
@@ -32,3 +34,11 @@ def no_codes_here(monkeypatch, d: int):
         yield
     finally:
         monkeypatch.undo()
+
+
+def finished_chunks(folder: Path) -> list[int]:
+    """Indices of the chunk files in ``folder`` (a 1-D array's ``c/``) that are written.
+
+    A write in flight, or one cut short by a kill, is a ``<chunk>.<uuid>.partial`` file: not counted.
+    """
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from zarr_guard import finished_chunks
 
 from vegan.config import load_config
 from vegan.manifest import Manifest
@@ -79,15 +80,10 @@ def test_kill_during_latent_extraction_never_rewrites_finished_chunks(tmp_path):
     vegan_run(run_dir, "ae", sets)
     m = Manifest(Storage(str(run_dir)), _cfg(sets))
     complete = run_dir / m.output("latents") / "complete" / "c"
-
-    def done_chunks() -> int:
-        # Finished chunk files only: a write in flight (or cut by the kill) is a ``<name>.<uuid>.partial`` file.
-        return sum(p.name.isdigit() for p in complete.iterdir()) if complete.exists() else 0
-
-    kill_when(run_dir, "latents", sets, lambda: done_chunks() >= 5)
+    kill_when(run_dir, "latents", sets, lambda: len(finished_chunks(complete)) >= 5)
     codes_dir = run_dir / m.output("latents") / "codes" / "c"  # chunk files: c/<row chunk>/0
     finished = {p: p.stat().st_mtime_ns for p in codes_dir.rglob("*") if p.is_file() and p.name.isdigit()}
-    n_done = done_chunks()
+    n_done = len(finished_chunks(complete))
     assert 5 <= n_done < 60
     vegan_run(run_dir, "latents", sets)
     info = m.done_info("latents")

@@ -258,8 +258,9 @@ def test_every_dask_worker_spec_turns_the_memory_pause_off():
         for container in doc["spec"]["worker"]["spec"]["containers"]:
             values += [e["value"] for e in container.get("env", []) if e["name"] == PAUSE_ENV] or [None]
     for section in _yaml("dask/jobqueue.yaml")["jobqueue"].values():
-        exports = [line.split("=", 1) for line in section["job-script-prologue"] if line.startswith("export ")]
-        values += [v.split("#")[0].strip() for k, v in exports if k == f"export {PAUSE_ENV}"] or [None]
+        prologue = section["job-script-prologue"]
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in prologue if line.startswith("export "))
+        values.append(exports.get(PAUSE_ENV))
     assert len(values) == 5 and None not in values  # compose, 2 Kubernetes worker groups, SLURM, PBS
     for value in values:
         assert dask.config.collect_env({PAUSE_ENV: value})["distributed"]["worker"]["memory"]["pause"] is False

@@ -21,6 +21,7 @@ import torch
 import zarr
 from prefect_server import free_port
 from pydantic import ValidationError
+from zarr_guard import finished_chunks
 
 from vegan.cluster import ClusterError, active_client, connect
 from vegan.config import ClusterConfig, load_config
@@ -276,15 +277,10 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
         stage.start()
         deadline = time.time() + 300
         complete = latents / "complete" / "c"
-
-        def done_chunks() -> list[int]:
-            # Finished chunk files only: a store write in flight is a ``<chunk>.<uuid>.partial`` file.
-            return sorted(int(p.name) for p in complete.iterdir() if p.name.isdigit()) if complete.exists() else []
-
-        while len(done_chunks()) < 4:
+        while len(finished_chunks(complete)) < 4:
             assert stage.is_alive() and time.time() < deadline, "the stage ended before a worker could be killed"
             time.sleep(0.01)
-        done_before = done_chunks()
+        done_before = finished_chunks(complete)
         finished = {
             p: p.stat().st_mtime_ns
             for c in done_before
