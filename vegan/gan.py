@@ -48,7 +48,7 @@ from vegan.data.stream import batch_source
 from vegan.device import resolve_device
 from vegan.models.base import gradient_penalty
 from vegan.nets import Discriminator
-from vegan.training import TrainJob, check_batch, mix_seeds, run_loop
+from vegan.training import TrainJob, autocast, check_batch, mix_seeds, run_loop
 
 
 @dataclass
@@ -209,11 +209,15 @@ def finetune_decoder(
     extra = None if generated is None else batch_source(generated, b, mix_seeds(cfg.seed, 3))
 
     def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        with autocast(device, cfg.precision):
+            return _step(s, gen)
+
+    def _step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         x_p = check_batch(pairs.batch(s), s, "images").to(device)
         y_p = check_batch(pair_codes.batch(s), s, "paired codes").to(device)
         real = check_batch(reals.batch(s), s, "images").to(device)
         codes = y_p if extra is None else torch.cat([y_p, check_batch(extra.batch(s), s, "generated codes").to(device)])
-        fake = gen_net(codes)
+        fake = gen_net(codes).float()
 
         d_loss, d_extra = _d_loss(cfg, disc, real, fake.detach(), gen)
         opt_d.zero_grad(set_to_none=True)

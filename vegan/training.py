@@ -277,6 +277,28 @@ def fit_sample(data: ChunkedRows, seed: int, max_rows: int = AFTER_TRAINING_ROWS
     return torch.cat(parts)
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision="bf16"`` (convs and matmuls in bf16; torch keeps reductions, losses
+    and optimizer state in float32), a no-op for float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def scheduled_lr(cfg: AEConfig, step: int) -> float:
+    """The learning rate of step ``step``: a function of the step alone, so a resumed run follows the
+    same schedule (cosine from ``lr`` down to ``lr / 100``)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    t = min(step / max(cfg.steps - 1, 1), 1.0)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: AEConfig, step: int) -> None:
+    """Scale every group's rate by the schedule, keeping the groups' ratios to ``cfg.lr``."""
+    for group in optimizer.param_groups:
+        base = group.setdefault("base_lr", group["lr"])
+        group["lr"] = base * scheduled_lr(cfg, step) / cfg.lr
+
+
 def train_model(
     model: GenerativeModel,
     data: torch.Tensor | ChunkedRows,
@@ -305,7 +327,10 @@ def train_model(
 
     def step(s: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         x = check_batch(batches.batch(s), s)
-        return model.train_step(x.to(device, non_blocking=True), optimizers, gen)
+        for opt in optimizers.values():
+            set_lr(opt, cfg, s)
+        with autocast(device, cfg.precision):
+            return model.train_step(x.to(device, non_blocking=True), optimizers, gen)
 
     def finish() -> None:
         model.eval()

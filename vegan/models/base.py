@@ -141,6 +141,7 @@ def reconstruction_cost(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torc
     dimensions (not averaging) keeps the scale of the regulariser weights the
     same as in the papers, where the KL / MMD is per example.
     """
+    x_hat = x_hat.float()  # under bf16 autocast the decoder's output is bf16; the cost is summed in float32
     if kind == "bce":
         per = F.binary_cross_entropy(x_hat, x, reduction="none")
     else:
