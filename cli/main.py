@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from vegan.config import PipelineConfig, load_config
+from vegan.config import load_config, recorded_config
 from vegan.presets import PRESETS
 from vegan.stages.registry import STAGE_NAMES
 
@@ -151,7 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not store.exists("manifest.json"):
         print(f"no run at {store.url} (manifest.json not found)", file=sys.stderr)
         return 1
-    cfg = PipelineConfig.model_validate(store.read_json("manifest.json")["config"])
+    cfg = recorded_config(store.read_json("manifest.json")["config"])
     _print_status(Manifest(store, cfg).status(), args.json)
     return 0
 
@@ -269,12 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config_error(error: dict) -> str:
+    """One pydantic error as ``where: what (got value)``; a validator's own message (a ``ValueError`` that
+    already names the field and what to do, e.g. a retired setting) is shown as it was written."""
+    where = ".".join(map(str, error["loc"]))
+    if error["type"] == "value_error":
+        message = error["msg"].removeprefix("Value error, ")
+        return message if not where or message.startswith(where) else f"{where}: {message}"
+    return f"{where}: {error['msg']} (got {error['input']!r})"
+
+
 def _one_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
-        return f"invalid config: {errors}"
+        return "invalid config: " + "; ".join(_config_error(e) for e in exc.errors())
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 

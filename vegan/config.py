@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TrainPrecision = Annotated[
     Literal["float32", "bf16"],
@@ -104,7 +104,8 @@ class OTConfig(_Config):
     """Semi-discrete OT solve from a uniform source to the latent codes (the flat UI form).
 
     Maths settings become a :class:`vegan.ot.NewtonSolver` and a
-    :class:`vegan.ot.Sampling`; the rest (device, Dask, checkpoints) is how it runs.
+    :class:`vegan.ot.Sampling`; the rest (device, mode, checkpoints) is how it runs. Where it runs is
+    the run's ``cluster`` section (or ``solve(..., client=...)`` in a notebook).
     Sample sizes left at ``None`` follow from the number of codes and ``tol``.
     """
 
@@ -128,20 +129,42 @@ class OTConfig(_Config):
     seed: int = 0
     checkpoint_every: int = Field(10, ge=1)
     device: str = "auto"
-    dask: Literal["none", "local"] | str = Field(
-        "none", description="none, local (LocalCluster), or a scheduler address tcp://host:port."
-    )
-    n_workers: int = Field(2, ge=1, description="Workers for a LocalCluster.")
     mode: Literal["auto", "samples", "targets"] = Field(
         "auto",
-        description="Dask mode: sample-parallel (every worker holds all codes), target-sharded (each worker a "
-        "shard), or auto: target-sharded when the codes would take over a quarter of a worker's memory limit.",
+        description="How the OT engine splits its counting over the run's cluster (cluster.address): "
+        "sample-parallel (every worker holds all codes), target-sharded (each worker a shard), or auto: "
+        "target-sharded when the codes would take over a quarter of a worker's memory limit.",
     )
     precision: Literal["auto", "float32", "screened"] = Field(
         "auto",
         description="Screening GEMM of the cell-assignment kernel: screened = bf16 operands on AMX / tensor "
         "cores with certified float64 rescoring (same cells as float32, faster); auto = screened where fast.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_fields(cls, data: Any) -> Any:
+        """An old config that still names the OT-only cluster settings gets the run-wide one to use instead
+        (a plain "extra inputs are not permitted" would not say where the setting went)."""
+        if isinstance(data, dict):
+            for field, replacement in RETIRED_OT_FIELDS.items():
+                if field in data:
+                    raise ValueError(
+                        f"ot.{field} is retired: set {replacement} instead "
+                        "(one cluster setting for every heavy stage, docs/SCALING.md)"
+                    )
+        return data
+
+
+RETIRED_OT_FIELDS = {"dask": "cluster.address", "n_workers": "cluster.n_workers"}
+"""OT-only cluster settings that ``cluster`` replaced, and what replaced them."""
+
+
+def recorded_config(data: dict) -> PipelineConfig:
+    """The config a run's manifest recorded. A manifest written before the OT-only cluster settings were
+    retired lists them at their values; they never entered a stage key, so they are dropped, not refused."""
+    ot = {k: v for k, v in data.get("ot", {}).items() if k not in RETIRED_OT_FIELDS}
+    return PipelineConfig.model_validate({**data, "ot": ot} if "ot" in data else data)
 
 
 class GenerateConfig(_Config):
@@ -274,7 +297,7 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-EXECUTION_FIELDS = frozenset({"device", "dask", "n_workers", "keep_checkpoints", "checkpoint_every", "precision"})
+EXECUTION_FIELDS = frozenset({"device", "keep_checkpoints", "checkpoint_every", "precision"})
 """Fields that change where or how fast a stage runs, never what it computes (both kernel
 precisions return the argmax of the float64 scores): left out of stage keys. Training's
 ``precision`` (bf16 autocast) is here for the reason ``device`` is: like a GPU, it changes

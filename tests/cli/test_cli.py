@@ -75,6 +75,11 @@ BAD_INPUTS = {
     "unknown preset": (["--preset", "nope"], "invalid choice: 'nope'"),
     "missing config": (["--config", "{tmp}/missing.yaml"], "config file not found: {tmp}/missing.yaml"),
     "broken yaml": (["--config", "{tmp}/broken.yaml"], "broken.yaml is not valid YAML"),
+    "retired ot.dask": (["--preset", "tiny", "--set", "ot.dask=local"], "ot.dask is retired: set cluster.address"),
+    "retired ot.n_workers": (
+        ["--config", "{tmp}/old.yaml"],
+        "ot.n_workers is retired: set cluster.n_workers",
+    ),
     "wrong-type --set": (["--preset", "tiny", "--set", "ae.steps=many"], "invalid config: ae.steps: Input should be"),
     "missing dataset": (["--preset", "tiny", "--set", "data.name={tmp}/none.npz"], "dataset not found: {tmp}/none.npz"),
     "labels needed": (
@@ -92,6 +97,7 @@ BAD_INPUTS = {
 def test_bad_input_fails_in_one_line_before_any_stage(case, tmp_path):
     args, expected = BAD_INPUTS[case]
     (tmp_path / "broken.yaml").write_text("ae:\n  steps: [1\n")
+    (tmp_path / "old.yaml").write_text("ot:\n  n_workers: 4\n")
     _png_folder(tmp_path / "pngs")
     env = {
         **os.environ,

@@ -40,18 +40,16 @@ def sampling_from_config(cfg: OTConfig) -> Sampling:
 
 
 def make_evaluator(problem: OTProblem, cfg: OTConfig, client=None):
-    """Local evaluator, or a Dask one when ``client`` is given or ``cfg.dask`` names a cluster.
+    """Local evaluator, or a Dask one on ``client`` (the run's cluster, :mod:`vegan.cluster`).
 
     A problem whose codes stay in a Zarr store (``problem.y is None``) is counted by workers
     that read the store themselves; the local evaluator loads it into this process.
     """
-    if cfg.dask == "none" and client is None:
+    if client is None:
         return LocalEvaluator(problem, problem.sampling, cfg.device)
     from vegan.ot.distributed import DaskEvaluator
 
-    return DaskEvaluator(
-        problem, client=client, cluster=cfg.dask, n_workers=cfg.n_workers, mode=cfg.mode, device=cfg.device
-    )
+    return DaskEvaluator(problem, client=client, mode=cfg.mode, device=cfg.device)
 
 
 def solve(

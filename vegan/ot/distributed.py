@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vegan.cluster import Tasks, local_cluster
+from vegan.cluster import Tasks
 from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
 from vegan.ot.counting import Counts, count_slices
@@ -128,33 +128,14 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
 class DaskEvaluator:
     """Evaluator ``(h, tag, iteration, n_slices, slice_size, margin) -> Counts`` on a Dask cluster.
 
-    ``client``: an existing client; otherwise ``cluster`` (``local`` starts a
-    LocalCluster of ``n_workers`` one-thread processes, else a scheduler address).
+    ``client``: the run's cluster (:func:`vegan.cluster.connect`, or a notebook's own client);
+    the evaluator borrows it and never closes it.
     """
 
-    def __init__(
-        self,
-        problem: OTProblem,
-        client=None,
-        cluster: str = "local",
-        n_workers: int = 2,
-        mode: str = "samples",
-        device: str = "auto",
-    ):
-        from distributed import Client
-
+    def __init__(self, problem: OTProblem, client, mode: str = "samples", device: str = "auto"):
         if mode not in ("samples", "targets", "auto"):
             raise ValueError(f"mode must be 'samples', 'targets' or 'auto', got {mode!r}")
         self.problem, self.device = problem, device
-        self._owned = []
-        if client is None:
-            if cluster in ("local", "none"):
-                lc = local_cluster(n_workers, dashboard_address=":0")
-                client = Client(lc)
-                self._owned = [client, lc]
-            else:
-                client = Client(cluster)
-                self._owned = [client]
         self.client = client
         self.resources = self._gpu_resources()
         self.memory_limit = self._tasks().worker_memory_limit()
@@ -249,5 +230,4 @@ class DaskEvaluator:
         return {"mode": self.mode, "shards": shards, "workers": self.n_workers}
 
     def close(self) -> None:
-        for obj in self._owned:
-            obj.close()
+        """Nothing to release: the client is borrowed, and the scattered targets go with their futures."""

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from vegan.cluster import local_cluster
+from vegan.cluster import connect, local_cluster
+from vegan.config import ClusterConfig
 from vegan.ot import solve
 
 distributed = pytest.importorskip("distributed")
@@ -79,8 +80,10 @@ def test_workers_read_targets_from_zarr(client, targets, single, tmp_path):
     np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
 
 
-def test_connects_to_a_scheduler_by_address(client, targets, single):
-    res = solve(targets, max_iter=25, dask=client.scheduler.address, **KW)
+def test_runs_on_the_run_wide_cluster_named_by_address(client, targets, single):
+    """``cluster.address`` (the one cluster setting) reaches the OT engine through the client it opens."""
+    with connect(ClusterConfig(address=client.scheduler.address)) as by_address:
+        res = solve(targets, max_iter=25, client=by_address, **KW)
     np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
 
 
@@ -100,12 +103,6 @@ def test_killed_worker_iteration_is_retried(client, targets):
     assert "res" in out and out["res"].iterations == 40
     np.testing.assert_allclose(out["res"].h, reference.h, rtol=0, atol=1e-5)
     client.wait_for_workers(2, timeout=60)  # the nanny restarted it
-
-
-@pytest.mark.slow
-def test_local_mode_starts_its_own_cluster(targets, single):
-    res = solve(targets, max_iter=25, dask="local", n_workers=2, **KW)
-    np.testing.assert_allclose(res.h, single.h, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
