@@ -1,4 +1,4 @@
-"""One Prefect task per registered stage: retries, logging, artifacts, the Reused state.
+"""One Prefect task per registered stage: retries, logging, artifacts (progress, metrics), the Reused state.
 
 Whether a stage is finished is decided by its done marker in storage and nothing
 else (no Prefect result cache): a stage whose marker exists ends in a Completed
@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, State
 
+from tasks.progress import progress_artifacts
 from vegan.cluster import active_client
 from vegan.config import PipelineConfig
 from vegan.pipeline import is_interruption, run_stage
@@ -40,7 +41,8 @@ def stage_task(stage: str, config: PipelineConfig, storage: str, progress: bool 
         logger.info("%s is done (%s): reused", stage, marker)
         return Completed(name="Reused", message=f"done marker {marker}", data=run_stage(run, stage))
     logger.info("%s -> %s", run.keys[stage], run.storage.uri(run.manifest.output(stage)))
-    info = run_stage(run, stage)
+    with progress_artifacts(stage):
+        info = run_stage(run, stage)
     logger.info("%s finished: %s", stage, {k: v for k, v in info.items() if k != "metrics"})
     if "metrics" in info:
         from vegan.report import metrics_markdown

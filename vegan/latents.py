@@ -31,10 +31,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import zarr
-from tqdm.auto import tqdm
 
 from vegan.data.base import ChunkedRows, Dataset, to_float
 from vegan.data.zarrset import zarr_store
+from vegan.progress import Progress
 
 
 class LatentError(RuntimeError):
@@ -201,7 +201,7 @@ def extract_latents(
     done = np.asarray(group["complete"][:])
     todo = [c for c in range(len(done)) if not done[c]]
     written = 0
-    with tqdm(total=len(todo), desc="latents", unit="chunk", disable=not progress) as bar:
+    with Progress(len(todo), "latents", enabled=progress, unit="chunk") as bar:
         if client is None:
             for c in todo:
                 written += encode_chunk(encode, data, store, c, chunk_rows, batch_size, storage_options)

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import AEConfig
@@ -41,6 +40,7 @@ from vegan.data.base import ChunkedRows, Dataset
 from vegan.data.stream import batch_source
 from vegan.device import resolve_device
 from vegan.models.base import GenerativeModel
+from vegan.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def run_loop(
 
     last_saved = start if saved is not None else None
     t0 = time.perf_counter() - seconds
-    bar = tqdm(total=job.steps, initial=start, disable=not progress, desc=job.name, dynamic_ncols=True)
+    bar = Progress(job.steps, job.name, enabled=progress, initial=start, unit="step")
     with sigterm_event() as sigterm, bar:
         for step in range(start, job.steps):
             losses = _scalars(job.step(step, gen))
@@ -204,8 +204,8 @@ def run_loop(
                 )
             if done == 1 or done % log_every == 0 or done == job.steps:
                 history.append({"step": done, **losses, "seconds": time.perf_counter() - t0})
-            bar.update(1)
             bar.set_postfix({job.main_loss: f"{losses[job.main_loss]:.4g}"}, refresh=False)
+            bar.update(1)
 
             if done == job.steps and job.finish is not None:
                 job.finish()

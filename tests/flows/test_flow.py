@@ -80,6 +80,34 @@ def test_the_flow_graph_is_the_stage_dag(tiny_run):
         assert waited == {ids[up] for up in STAGES[stage].upstream}, stage
 
 
+def test_each_stage_shows_its_progress_as_progress_artifacts(tiny_run):
+    """The library's loops (vegan.progress) reach the Prefect UI as progress artifacts of their task
+    runs, finished at 100 %, even with the console bars off (progress=False)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    runs = task_runs(tiny_run[2])
+    with get_client(sync_client=True) as client:
+        flow_run = tiny_run[2].state_details.flow_run_id
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run]))
+        )
+    progress = {}
+    for a in artifacts:
+        if a.type == "progress":
+            progress.setdefault(a.task_run_id, []).append(a)
+    loops = {
+        "ae": ["train ae"],
+        "latents": ["latents"],
+        "ot": ["OT solve"],
+        "generate": ["centroids", "generate"],
+        "gan": ["AE-OT-GAN"],
+    }
+    for stage, descs in loops.items():
+        mine = progress.get(runs[stage].id, [])
+        assert sorted(a.description.split(": ")[1] for a in mine) == sorted(descs), stage
+        assert all(a.data == 100 and a.description.startswith(f"{stage}: ") and "done, " in a.description for a in mine)
+
+
 def test_rerun_is_reused_and_changes_nothing(tiny_run):
     cfg, storage, _ = tiny_run
     st = Storage(storage)

@@ -60,6 +60,7 @@ from vegan.ot.assign import Chunking, assign_counts, topk_cells
 from vegan.ot.problem import TAG_CENTROIDS, TAG_GENERATE, Sampling, as_codes, sample_slice
 from vegan.ot.solver import OTResult
 from vegan.ot.targets import TargetRows, ZarrTargets, load_rows, rows_by_index, targets_token
+from vegan.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +316,8 @@ def _centroid_table_future(tg: _Targets, n_samples, seed, source, chunk, block_s
     return tg.tasks.submit(_centroid_table, tg.tasks.tree(_merge_sums, parts, light=True), light=True)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+def _progress(total: int, desc: str, enabled: bool) -> Progress:
+    return Progress(total, desc, enabled=enabled, leave=False)
 
 
 # --------------------------------------------------------------- validation

@@ -52,6 +52,7 @@ import torch
 from vegan.checkpoint import CheckpointDir
 from vegan.ot.counting import Evaluator
 from vegan.ot.problem import TAG_EVAL, TAG_TRAIN, OTProblem, scale_targets, slice_size_for
+from vegan.progress import Progress
 from vegan.storage import Storage
 
 # Share of the tolerance given to the averaged iterate's error and to the final check's
@@ -523,8 +524,6 @@ def run(
     h0: np.ndarray | None = None,
 ) -> OTResult:
     """Drive ``solver.step`` to convergence or ``max_iter``; resume from and write ``checkpoints``."""
-    from tqdm.auto import tqdm
-
     fingerprint = problem.fingerprint()
     state = _resume(checkpoints, fingerprint) or solver.init(problem, h0)
 
@@ -532,17 +531,17 @@ def run(
         if checkpoints is not None:
             checkpoints.save(s.iteration, {"state": s.to_dict(), "fingerprint": fingerprint})
 
-    bar = tqdm(total=solver.max_iter, initial=state.iteration, disable=not progress, desc="OT solve")
+    bar = Progress(solver.max_iter, "OT solve", enabled=progress, initial=state.iteration)
     try:
         while state.iteration < solver.max_iter and not solver.done(state):
             state = solver.step(state, problem, evaluate)
             if state.iteration % checkpoint_every == 0:
                 save(state)
-            bar.update(1)
             post = {"n_samples": state.history[-1]["n_samples"], "rms": f"{state.history[-1]['rms_rel_error']:.3g}"}
             if state.last_eval is not None:
                 post["max_err"] = f"{state.last_eval['max']:.3g}"
             bar.set_postfix(post, refresh=False)
+            bar.update(1)
     finally:
         bar.close()
     state = solver.finish(state, problem, evaluate)
