@@ -30,8 +30,8 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 
 from vegan.config import DataConfig
 from vegan.data import load_dataset
-from vegan.metrics.extractors import InceptionTFOffline, cpu_has_fast_bf16, resize_tf1
 from vegan.metrics.fidelity import FeatureSpace, extract_features, to_extractor_input
+from vegan.metrics.inception import InceptionTFOffline, cpu_has_fast_bf16, resize_tf1
 
 CHUNK = 64
 TOLERANCE = 0.005  # relative FID change allowed for a speed-up

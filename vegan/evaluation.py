@@ -189,12 +189,7 @@ def check_extractor(
     """
     from pathlib import Path
 
-    from vegan.metrics.extractors import (
-        INCEPTION_TF_OFFLINE,
-        InceptionWeightsError,
-        choose_extractor,
-        default_inception_path,
-    )
+    from vegan.metrics import INCEPTION_TF_OFFLINE, InceptionWeightsError, choose_extractor, default_inception_path
 
     if not is_image:
         return ExtractorChoice("grid-metrics", "vector data: mode coverage and quality on the grid, no extractor")
@@ -332,8 +327,7 @@ def nearest_training_images(train: ChunkedRows, queries: torch.Tensor, k: int, c
 # ---------------------------------------------------------------- the stage
 def evaluate_run(run: "Run") -> dict[str, Any]:
     from vegan import report
-    from vegan.metrics import evaluate_sets, feature_space, grid_metrics
-    from vegan.metrics.extractors import TrainingRows
+    from vegan.metrics import TrainingRows, evaluate_sets, feature_space, grid_metrics
 
     cfg, client = run.cfg, run.client
     out = run.dir("eval")
@@ -423,8 +417,7 @@ def make_evaluate_fn(data_cfg, eval_cfg, cache=None, progress: bool = False):
     scored by exactly the same code as the pipeline's eval stage.
     """
     from vegan.data import load_dataset
-    from vegan.metrics import evaluate_sets, feature_space, grid_metrics
-    from vegan.metrics.extractors import TrainingRows
+    from vegan.metrics import TrainingRows, evaluate_sets, feature_space, grid_metrics
 
     test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": eval_cfg.n_samples}))
     reference = DatasetRows(test, np.arange(len(test)))

@@ -127,19 +127,19 @@ def test_domain_metrics_never_see_the_reference(tmp_path, monkeypatch):
     import vegan.evaluation as evaluation
     from vegan.config import load_config
     from vegan.data import load_dataset
-    from vegan.metrics import extractors, fidelity
+    from vegan.metrics import classifiers, fidelity
     from vegan.pipeline import run_pipeline
     from vegan.storage import Storage
 
     seen: dict[str, torch.Tensor] = {}
-    take = extractors.TrainingRows.take
+    take = classifiers.TrainingRows.take
 
     def spy_take(self, *args, **kwargs):  # the rows the classifier trains (and validates) on
         x, y = take(self, *args, **kwargs)
         seen["classifier"] = x
         return x, y
 
-    monkeypatch.setattr(extractors.TrainingRows, "take", spy_take)
+    monkeypatch.setattr(classifiers.TrainingRows, "take", spy_take)
     for module, name, arg in ((fidelity, "reference_features", "reference"),
                               (evaluation, "sample_sets", "reconstructed")):  # fmt: skip
         real = getattr(module, name)

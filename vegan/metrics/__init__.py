@@ -5,19 +5,12 @@
 package registers our feature extractors with torch-fidelity.
 """
 
-from vegan.metrics.extractors import (
-    DOMAIN,
-    INCEPTION_TF_OFFLINE,
-    SELFSUP,
-    InceptionWeightsError,
-    TrainingRows,
-    choose_extractor,
-    default_inception_path,
-    register_extractors,
-)
+from vegan.metrics.classifiers import TrainingRows
 from vegan.metrics.fidelity import evaluate_sets, extract_features, feature_space, reference_features, tensor_hash
+from vegan.metrics.inception import InceptionWeightsError, default_inception_path
 from vegan.metrics.modes import grid_metrics
 from vegan.metrics.prdc import prdc
+from vegan.metrics.registry import DOMAIN, INCEPTION_TF_OFFLINE, SELFSUP, choose_extractor, register_extractors
 
 __all__ = [
     "DOMAIN",

@@ -39,17 +39,10 @@ from tqdm.auto import tqdm
 
 from vegan.config import EvalConfig
 from vegan.device import resolve_device
-from vegan.metrics.extractors import (
-    INCEPTION_TF_OFFLINE,
-    SELFSUP,
-    TRAINED,
-    TrainingRows,
-    choose_extractor,
-    load_inception,
-    load_or_train_domain_classifier,
-    resolve_precision,
-)
+from vegan.metrics.classifiers import TrainingRows, load_or_train_domain_classifier
+from vegan.metrics.inception import load_inception, resolve_precision
 from vegan.metrics.prdc import prdc
+from vegan.metrics.registry import INCEPTION_TF_OFFLINE, SELFSUP, TRAINED, choose_extractor
 from vegan.metrics.sources import RowSource, TensorRows, as_source, head, tensor_hash
 from vegan.storage import Storage
 
@@ -92,11 +85,11 @@ def feature_space(
     client=None,
 ) -> FeatureSpace:
     """Build the extractor named by ``cfg.extractor`` (``auto`` included; see
-    :func:`~vegan.metrics.extractors.choose_extractor`).
+    :func:`~vegan.metrics.registry.choose_extractor`).
 
     The trained extractors (``domain``, ``selfsup``) learn from ``train`` (with
     ``train_labels`` for ``domain``): data disjoint from the reference set, normally
-    the training split, as a tensor or as :class:`~vegan.metrics.extractors.TrainingRows`
+    the training split, as a tensor or as :class:`~vegan.metrics.classifiers.TrainingRows`
     (a dataset read by chunk, with its labels; on the workers of ``client``). ``train_hash``
     identifies that content in the classifier cache.
     """

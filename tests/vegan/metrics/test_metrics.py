@@ -25,7 +25,9 @@ from vegan.metrics import (
     reference_features,
     tensor_hash,
 )
-from vegan.metrics import extractors as ex
+from vegan.metrics import classifiers as clf
+from vegan.metrics import inception as inc
+from vegan.metrics import registry as reg
 from vegan.metrics.fidelity import compare_features
 from vegan.storage import Storage
 
@@ -195,22 +197,22 @@ def test_domain_extractor_needs_labels_and_training_data(mnist_test, mnist_train
 
 
 def test_auto_picks_domain_with_labels_and_selfsup_without():
-    assert ex.choose_extractor("auto", has_labels=True)[0] == ex.DOMAIN
-    name, why = ex.choose_extractor("auto", has_labels=False)
-    assert name == ex.SELFSUP and "no labels" in why
-    assert ex.choose_extractor("selfsup", has_labels=True)[0] == ex.SELFSUP
+    assert reg.choose_extractor("auto", has_labels=True)[0] == reg.DOMAIN
+    name, why = reg.choose_extractor("auto", has_labels=False)
+    assert name == reg.SELFSUP and "no labels" in why
+    assert reg.choose_extractor("selfsup", has_labels=True)[0] == reg.SELFSUP
     with pytest.raises(ValueError, match="has none.*'auto' or 'selfsup'"):
-        ex.choose_extractor("domain", has_labels=False)
+        reg.choose_extractor("domain", has_labels=False)
     with pytest.raises(ValueError, match="unknown feature extractor 'dommain'"):
-        ex.choose_extractor("dommain", has_labels=True)
+        reg.choose_extractor("dommain", has_labels=True)
 
 
 def test_rotation_classifier_learns_without_labels(mnist_train):
-    model, acc = ex.train_domain_classifier(mnist_train.data, None, steps=150, task="rotation")
+    model, acc = clf.train_domain_classifier(mnist_train.data, None, steps=150, task="rotation")
     assert model.spec["n_classes"] == 4 and acc > 0.6  # chance is 0.25
-    assert ex.rotations_for((3, 32, 24)) == (0, 2)  # non-square: half turns only
+    assert clf.rotations_for((3, 32, 24)) == (0, 2)  # non-square: half turns only
     x = torch.arange(2 * 6.0).reshape(2, 1, 2, 3)
-    assert torch.equal(ex._rotate(x, torch.tensor([0, 1]), (0, 2)), torch.stack([x[0], x[1].flip(1, 2)]))
+    assert torch.equal(clf._rotate(x, torch.tensor([0, 1]), (0, 2)), torch.stack([x[0], x[1].flip(1, 2)]))
 
 
 def test_selfsup_features_separate_datasets_without_labels(mnist_test, mnist_train, tmp_path):
@@ -251,13 +253,13 @@ def test_reference_features_cached_by_content_hash(mnist_test, mnist_train, tmp_
     real, labels, gen = mnist_test.data[:200], mnist_test.labels[:200], mnist_test.data[200:400]
     fit = dict(train=mnist_train.data, train_labels=mnist_train.labels)
     calls = []
-    forward = ex.DomainFeatureExtractor.forward
-    monkeypatch.setattr(ex.DomainFeatureExtractor, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    forward = clf.DomainFeatureExtractor.forward
+    monkeypatch.setattr(clf.DomainFeatureExtractor, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
 
     first = evaluate_sets(real, {"g": gen}, cfg, cache=cache, progress=False, **fit)
     assert sum(calls) == 400  # reference + generated set
     calls.clear()
-    monkeypatch.setattr(ex, "train_domain_classifier", lambda *a, **k: pytest.fail("classifier not cached"))
+    monkeypatch.setattr(clf, "train_domain_classifier", lambda *a, **k: pytest.fail("classifier not cached"))
     again = evaluate_sets(real, {"g": gen}, cfg, cache=cache, progress=False, **fit)
     assert sum(calls) == 200  # generated set only: reference loaded
     assert again == first
@@ -281,21 +283,21 @@ def test_inception_missing_weights_names_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("VEGAN_INCEPTION_PATH", str(missing))
     assert default_inception_path() == missing
     with pytest.raises(InceptionWeightsError, match=str(missing)):
-        ex.load_inception()
+        inc.load_inception()
 
 
 def test_inception_corrupt_weights_names_the_path(tmp_path):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a TorchScript archive")
     with pytest.raises(InceptionWeightsError, match="corrupt") as err:
-        ex.load_inception(bad)
+        inc.load_inception(bad)
     assert str(bad) in str(err.value)
 
 
 @pytest.fixture(scope="module")
 def inception_available():
     try:
-        ex.load_inception()
+        inc.load_inception()
     except InceptionWeightsError as exc:
         pytest.skip(str(exc))
 
@@ -366,22 +368,22 @@ def test_matmul_resize_matches_tensorflow_gather_resize():
     for h, w in ((28, 28), (8, 8), (32, 20), (299, 299), (400, 300)):
         x = torch.randint(0, 256, (2, 3, h, w), generator=g).float()
         exact = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
-        torch.testing.assert_close(ex.resize_tf1(x, 299, "matmul"), exact, atol=1e-2, rtol=0)
+        torch.testing.assert_close(inc.resize_tf1(x, 299, "matmul"), exact, atol=1e-2, rtol=0)
     with pytest.raises(ValueError, match="unknown resize method 'cubic'"):
-        ex.resize_tf1(x, 299, "cubic")
+        inc.resize_tf1(x, 299, "cubic")
 
 
 def test_precision_resolution_follows_the_cpu(monkeypatch):
-    fast, why = ex.cpu_has_fast_bf16()
-    assert ex.resolve_precision("auto", "cpu")[0] == ("bf16" if fast else "float32")
-    assert why in ex.resolve_precision("auto", "cpu")[1]  # the reason is visible in FeatureSpace.info
-    assert ex.resolve_precision("float32", "cpu")[0] == "float32"
-    assert ex.resolve_precision("auto", "cuda")[0] == "float32"  # GPUs: exact path
-    monkeypatch.setattr(ex, "cpu_has_fast_bf16", lambda: (False, "no native bf16 here"))
-    assert ex.resolve_precision("auto", "cpu") == ("float32", "auto: float32 because no native bf16 here")
-    assert ex.resolve_precision("bf16", "cpu")[0] == "bf16"  # forced: honoured, with a warning
+    fast, why = inc.cpu_has_fast_bf16()
+    assert inc.resolve_precision("auto", "cpu")[0] == ("bf16" if fast else "float32")
+    assert why in inc.resolve_precision("auto", "cpu")[1]  # the reason is visible in FeatureSpace.info
+    assert inc.resolve_precision("float32", "cpu")[0] == "float32"
+    assert inc.resolve_precision("auto", "cuda")[0] == "float32"  # GPUs: exact path
+    monkeypatch.setattr(inc, "cpu_has_fast_bf16", lambda: (False, "no native bf16 here"))
+    assert inc.resolve_precision("auto", "cpu") == ("float32", "auto: float32 because no native bf16 here")
+    assert inc.resolve_precision("bf16", "cpu")[0] == "bf16"  # forced: honoured, with a warning
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        ex.resolve_precision("fp8")
+        inc.resolve_precision("fp8")
     with pytest.raises(ValueError, match="precision"):
         EvalConfig(precision="fp8")
 
@@ -394,7 +396,7 @@ def test_fast_inception_paths_agree_with_the_exact_path(inception_available, mni
     feats = {}
     for name, kwargs in {"exact": {}, "fast-float32": dict(resize="matmul", channels_last=True),
                          "bf16": dict(resize="matmul", channels_last=True, precision="bf16")}.items():  # fmt: skip
-        extractor = ex.InceptionTFOffline(ex.INCEPTION_TF_OFFLINE, ["2048"], **kwargs)
+        extractor = inc.InceptionTFOffline(reg.INCEPTION_TF_OFFLINE, ["2048"], **kwargs)
         with torch.no_grad():
             (feats[name],) = extractor(fidelity.to_extractor_input(x))
     exact = feats["exact"]
@@ -418,8 +420,8 @@ def test_inception_reference_and_set_features_cached_per_precision(inception_ava
     cfg = EvalConfig(extractor="inception-tf", n_samples=n, batch_size=n, kid_subset_size=n, precision="auto")
     cache = Storage(str(tmp_path))
     calls = []
-    forward = ex.InceptionTFOffline.forward
-    monkeypatch.setattr(ex.InceptionTFOffline, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    forward = inc.InceptionTFOffline.forward
+    monkeypatch.setattr(inc.InceptionTFOffline, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
     first = evaluate_sets(real, {"g": gen}, cfg, cache=cache, progress=False)
     assert sum(calls) == 2 * n
     calls.clear()

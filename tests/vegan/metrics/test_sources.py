@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vegan.data import Dataset, ZarrDataset, ingest
-from vegan.metrics.extractors import TrainingRows, train_domain_classifier
+from vegan.metrics.classifiers import TrainingRows, train_domain_classifier
 from vegan.metrics.sources import DatasetRows, gather_rows, head
 
 
