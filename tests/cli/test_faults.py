@@ -58,6 +58,16 @@ def _cfg(sets):
     return load_config("tiny", overrides=sets)
 
 
+@pytest.fixture(scope="module")
+def tiny_upstream(tmp_path_factory) -> Path:
+    """One uninterrupted tiny run up to ``generate`` (the preset's AE, latents, OT, samples): the kill
+    tests of later stages copy it rather than train the same autoencoder again. Their ``--set``s
+    change only the stage under test, so the copied upstream stages keep their keys and are reused."""
+    run_dir = tmp_path_factory.mktemp("tiny-upstream") / "run"
+    vegan_run(run_dir, "generate", [])
+    return run_dir
+
+
 def test_kill_during_ae_training_resumes_from_last_checkpoint(tmp_path):
     sets = ["ae.steps=400", "ae.checkpoint_every=50"]
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
@@ -98,11 +108,12 @@ def test_kill_during_latent_extraction_never_rewrites_finished_chunks(tmp_path):
     np.testing.assert_allclose(run.codes[:2000], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path):
+def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path, tiny_upstream):
     sets = ["ot.max_iter=60", "ot.checkpoint_every=5", "ot.tol=0.01", "ot.max_samples=65536", "ot.eval_samples=65536"]
-    vegan_run(tmp_path / "a", "latents", sets)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for run in "ab":
+        shutil.copytree(tiny_upstream, tmp_path / run)
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
+    assert m.is_done("latents") and not m.is_done("ot")  # a new OT key on the reused codes
     ckpts = tmp_path / "a" / m.output("ot")
     kill_when(tmp_path / "a", "ot", sets, lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 2)
     vegan_run(tmp_path / "a", "ot", sets)
@@ -114,11 +125,12 @@ def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path):
     np.testing.assert_allclose(ha, hb, atol=1e-6)
 
 
-def test_kill_during_gan_finetuning_resumes(tmp_path):
+def test_kill_during_gan_finetuning_resumes(tmp_path, tiny_upstream):
     sets = ["gan.steps=200", "gan.checkpoint_every=20"]
-    vegan_run(tmp_path / "a", "generate", sets)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for run in "ab":
+        shutil.copytree(tiny_upstream, tmp_path / run)
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
+    assert m.is_done("generate")
     ckpts = tmp_path / "a" / m.output("gan")
     kill_when(tmp_path / "a", "gan", sets, lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 2)
     assert not m.is_done("gan")
