@@ -157,7 +157,7 @@ class OTConfig(_Config):
 
 
 RETIRED_OT_FIELDS = {"dask": "cluster.address", "n_workers": "cluster.n_workers"}
-"""OT-only cluster settings that ``cluster`` replaced, and what replaced them."""
+"""The retired OT-only cluster settings, ot.dask and ot.n_workers, and the cluster settings that replaced them."""
 
 
 def recorded_config(data: dict) -> PipelineConfig:
