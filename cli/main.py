@@ -1,4 +1,4 @@
-"""The ``vegan`` command: run the pipeline, ingest a dataset, show a run's status, serve deployments.
+"""The ``vegan`` command: run the pipeline, ingest a dataset, show or verify a run, serve deployments.
 
 ``vegan run`` checks its inputs (:func:`vegan.pipeline.preflight`) before anything
 starts, then goes through the Prefect flow (states, logs, the UI) unless
@@ -156,6 +156,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the dataset, every stage store, checkpoint and final file; mark damage for the next run."""
+    from vegan.manifest import RunLock
+    from vegan.storage import Storage
+    from vegan.verify import check_run, mark_damaged, summary, table
+
+    store = Storage(args.storage)
+    if not store.exists("manifest.json"):
+        print(f"no run at {store.url} (manifest.json not found)", file=sys.stderr)
+        return 1
+    cfg = recorded_config(store.read_json("manifest.json")["config"])
+    with RunLock(store):  # marks are written only while no run writes here
+        findings = check_run(store, cfg)
+        actions = [] if args.check_only else mark_damaged(store, cfg, findings)
+    print(table(findings))
+    counts = summary(findings)
+    print(f"\n{counts['checked']} checked, {counts['damaged']} damaged")
+    for line in actions:
+        print(f"marked: {line}")
+    if any(f.damaged and f.kind == "dataset" for f in findings):
+        print(
+            "the dataset is an input and is never rewritten: ingest it again into a new folder or restore it; "
+            "`vegan run` refuses to start until then",
+        )
+    elif counts["damaged"]:
+        print(
+            "rerun the same `vegan run` command: it recomputes only what is marked"
+            if actions
+            else "run `vegan verify` without --check-only to mark it, then rerun `vegan run`"
+        )
+    return 1 if counts["damaged"] else 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from vegan.cluster import connect
     from vegan.config import ClusterConfig
@@ -242,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", required=True, help="run folder URL")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    f = sub.add_parser("verify", help="check every store, checkpoint and file of a run; exit 1 on damage")
+    f.add_argument("--storage", required=True, help="run folder URL")
+    f.add_argument("--check-only", action="store_true", help="report damage without marking it for the next run")
+    f.set_defaults(func=cmd_verify)
 
     i = sub.add_parser("ingest", help="convert an image folder, .npz or named dataset into a chunked Zarr dataset")
     i.add_argument("src", help="image folder URL (recursive, PNG/JPEG), .npz URL, or a dataset name (digits, mnist...)")

@@ -4,8 +4,10 @@ Layout of the Zarr group::
 
     codes     (n, d) float32, row chunks of ``chunk_rows``
     labels    (n,)   int64 (when the dataset has labels)
+    digest    (n_chunks, 32) uint8: sha256 of each chunk's codes and labels (:mod:`vegan.digests`),
+              checked whenever codes are read
     complete  (n_chunks,) bool, one chunk per element: set only after the
-              matching rows of ``codes`` are written
+              matching rows of ``codes`` and the digest are written
 
 One function, :func:`encode_chunk`, does one chunk: it reads the chunk's rows
 from the dataset, encodes them batch by batch, writes its rows of ``codes`` and
@@ -34,6 +36,7 @@ import zarr
 
 from vegan.data.base import ChunkedRows, Dataset, to_float
 from vegan.data.zarrset import zarr_store
+from vegan.digests import DIGEST, CheckedRows, add_digests, store_url, write_chunk
 from vegan.progress import Progress
 
 
@@ -115,11 +118,14 @@ def _open_or_create(store, n: int, d: int, chunk_rows: int, with_labels: bool) -
                 f"latent store {store} holds codes of shape {codes.shape} (chunks {codes.chunks}), "
                 f"expected ({n}, {d}) in chunks of {chunk_rows}: delete it or use another run folder"
             )
+        if DIGEST not in group:  # a store begun before digests: its finished chunks stay unchecked
+            add_digests(group, n_chunks, ["codes", "labels"] if "labels" in group else ["codes"])
         return group
     group.create_array("codes", shape=(n, d), chunks=(chunk_rows, d), dtype="float32", fill_value=np.nan)
     group.create_array("complete", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
     if with_labels:
         group.create_array("labels", shape=(n,), chunks=(chunk_rows,), dtype="int64", fill_value=-1)
+    add_digests(group, n_chunks, ["codes", "labels"] if with_labels else ["codes"])
     return group
 
 
@@ -150,10 +156,10 @@ def encode_chunk(
     ).numpy()
     if not np.isfinite(codes).all():
         raise LatentError(f"encoder produced NaN/inf codes for rows {lo}..{hi}: the autoencoder diverged")
-    group["codes"][lo:hi] = codes
+    values = {"codes": codes}
     if "labels" in group:
-        group["labels"][lo:hi] = data.label_rows(lo, hi)
-    complete[c] = True  # marks the chunk finished only after its rows are stored
+        values["labels"] = np.asarray(data.label_rows(lo, hi), dtype=np.int64)
+    write_chunk(group, c, lo, values)  # rows, digest, then the marker: finished only once all are stored
     return True
 
 
@@ -263,7 +269,7 @@ def load_codes(store, expected_dim: int | None = None) -> np.ndarray:
     """All codes as a float32 array, after checking the store is complete and finite (small runs only)."""
     group = open_latents(store)
     _check_store(group, store, expected_dim)
-    codes = np.asarray(group["codes"][:], dtype=np.float32)
+    codes = np.asarray(CheckedRows(group, "codes", store_url(store)).rows(0, group["codes"].shape[0]), np.float32)
     if not np.isfinite(codes).all():
         bad = int((~np.isfinite(codes)).any(axis=1).sum())
         raise LatentError(f"latent store {store} has {bad} rows with NaN/inf codes")

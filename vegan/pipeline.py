@@ -16,12 +16,17 @@ from typing import Any
 
 from vegan.cluster import connect
 from vegan.config import PipelineConfig
+from vegan.digests import CorruptChunkError
 from vegan.manifest import RunLock
 from vegan.stages.base import StageError
 from vegan.stages.context import Run
 from vegan.stages.registry import STAGE_NAMES, get, plan
 from vegan.storage import Storage
 from vegan.training import TrainingInterrupted
+from vegan.verify import dataset_damage, heal_chunk, owner_stage
+
+MAX_HEALS = 16
+"""Bad chunks a stage may have rewritten upstream in one run before the error stands."""
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +51,28 @@ def run_stage(run: Run, stage: str) -> dict[str, Any]:
         run.require(up)
     run.manifest.set_status(stage, "running")
     t0 = time.perf_counter()
-    try:
-        info = declared.run(run)
-    except BaseException as exc:
-        status = "interrupted" if is_interruption(exc) else "failed"
-        run.manifest.set_status(stage, status, error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        raise
+    healed: set[tuple[str, int]] = set()
+    while True:
+        try:
+            info = declared.run(run)
+            break
+        except CorruptChunkError as exc:
+            owner = owner_stage(run.manifest, run.storage, exc)
+            if owner is None or owner == stage or (owner, exc.chunk) in healed or len(healed) >= MAX_HEALS:
+                run.manifest.set_status(stage, "failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+            # A stage output's chunk is bad: its stage rewrites that chunk alone, then this stage starts again.
+            log.warning("%s; rewriting it with stage %s, then running %s again", exc, owner, stage)
+            healed.add((owner, exc.chunk))
+            heal_chunk(run.manifest, run.storage, owner, exc.chunk)
+            run_stage(run, owner)
+            run.forget()
+        except BaseException as exc:
+            status = "interrupted" if is_interruption(exc) else "failed"
+            run.manifest.set_status(
+                stage, status, error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            )
+            raise
     info = {
         **info,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -79,6 +100,10 @@ def preflight(cfg: PipelineConfig, storage: Storage | str, until: str = "eval") 
     store = storage if isinstance(storage, Storage) else Storage(storage)
     store.check_writable()
     dataset = load_dataset(cfg.data)
+    bad = dataset_damage(cfg)  # an input is never rewritten: a bad chunk stops the run here, named
+    if bad:
+        more = f" (and {len(bad) - 1} more bad chunk(s): `vegan verify` lists them)" if len(bad) > 1 else ""
+        raise CorruptChunkError(cfg.data.name, bad[0].chunk, bad[0].lo, bad[0].hi, bad[0].why + more, dataset=True)
     if "eval" in stages:
         from vegan.evaluation import check_extractor
 

@@ -36,6 +36,7 @@ import numpy as np
 from vegan.data.base import DatasetError
 from vegan.data.sources import read_npz
 from vegan.data.zarrset import is_local_url, zarr_store
+from vegan.digests import add_digests
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FORMAT_VERSION = 1
@@ -240,15 +241,11 @@ def open_rw(dest: Any, storage_options: dict | None):
 
 
 def write_chunk(group, c: int, lo: int, x: np.ndarray, y: np.ndarray | None) -> None:
-    """Rows, then digest, then the completion marker: a chunk without its marker is rewritten on resume."""
-    hi = lo + len(x)
-    group["x"][lo:hi] = x
-    h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
-    if y is not None:
-        group["y"][lo:hi] = y
-        h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
-    group["digest"][c] = np.frombuffer(h.digest(), dtype=np.uint8)
-    group["complete"][c] = True
+    """Rows, then digest, then the completion marker (:func:`vegan.digests.write_chunk`): a chunk without
+    its marker is rewritten on resume."""
+    from vegan.digests import write_chunk as seal
+
+    seal(group, c, lo, {"x": x} if y is None else {"x": x, "y": np.asarray(y, dtype=np.int64)})
 
 
 def _array_chunk(dest, storage_options, c: int, lo: int, x: np.ndarray, y: np.ndarray | None) -> int:
@@ -313,7 +310,7 @@ def _create_or_check(dest, storage_options, plan: IngestPlan, chunk_rows: int, n
     group.create_array("x", shape=shape, chunks=(chunk_rows, *plan.item_shape), dtype=plan.dtype, fill_value=0)
     if plan.has_labels:
         group.create_array("y", shape=(plan.n,), chunks=(chunk_rows,), dtype="int64", fill_value=-1)
-    group.create_array("digest", shape=(n_chunks, 32), chunks=(1, 32), dtype="uint8", fill_value=0)
+    add_digests(group, n_chunks, ["x", "y"] if plan.has_labels else ["x"])
     group.create_array("complete", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
     group.attrs.update({**attrs, "complete": False})
     return group

@@ -65,6 +65,7 @@ class ZarrDataset(ChunkedRows):
         self.name = name or (url if isinstance(url, str) else repr(url))
         self._group = None
         self._labels: torch.Tensor | None = None
+        self._checked = None
         self.reads = 0
         g = self.group
         if "x" not in g:
@@ -90,6 +91,7 @@ class ZarrDataset(ChunkedRows):
         state = dict(self.__dict__)
         state["_group"] = None
         state["_labels"] = None
+        state["_checked"] = None
         return state
 
     @property
@@ -113,11 +115,21 @@ class ZarrDataset(ChunkedRows):
     def is_image(self) -> bool:
         return len(self.shape) == 3
 
+    @property
+    def checked(self):
+        """Reader of ``x`` by whole chunks, each checked against its digest (:mod:`vegan.digests`)."""
+        if self._checked is None:
+            from vegan.digests import CheckedRows
+
+            self._checked = CheckedRows(self.group, "x", self.name)
+        return self._checked
+
     def rows(self, lo: int, hi: int) -> np.ndarray:
         self.reads += 1
-        return np.asarray(self.group["x"][lo : min(hi, self.n)])
+        return self.checked.rows(lo, min(hi, self.n))
 
     def label_rows(self, lo: int, hi: int) -> np.ndarray | None:
+        # Not checked on their own: a chunk's digest covers its labels, checked whenever its rows are read.
         return np.asarray(self.group["y"][lo : min(hi, self.n)]) if self.has_labels else None
 
     @property

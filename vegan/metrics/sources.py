@@ -161,16 +161,19 @@ class ZarrCodes(ChunkedRows):
     limit: int | None = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_arr"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_arr", "_checked")}
 
     def _array(self):
         if "_arr" not in self.__dict__:
             import zarr
 
             from vegan.data.zarrset import zarr_store
+            from vegan.digests import CheckedRows
 
             store = zarr_store(self.url, self.storage_options, read_only=True)
-            self._arr = zarr.open_group(store, mode="r")[self.array]
+            group = zarr.open_group(store, mode="r")
+            self._arr = group[self.array]
+            self._checked = CheckedRows(group, self.array, self.url)  # whole chunks, checked (vegan.digests)
         return self._arr
 
     def __len__(self) -> int:
@@ -193,11 +196,13 @@ class ZarrCodes(ChunkedRows):
         return None
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
-        return np.asarray(self._array()[lo : min(hi, len(self))], dtype=np.float32)
+        self._array()
+        return np.asarray(self._checked.rows(lo, min(hi, len(self))), dtype=np.float32)
 
     def take(self, index: np.ndarray) -> np.ndarray:
         """Rows at ``index`` (reads only the chunks they fall in)."""
-        return np.asarray(self._array().oindex[np.asarray(index, dtype=np.int64)], dtype=np.float32)
+        self._array()
+        return np.asarray(self._checked.take(np.asarray(index, dtype=np.int64)), dtype=np.float32)
 
 
 @dataclass

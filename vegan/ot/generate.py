@@ -241,14 +241,13 @@ def _write_chunk(url, storage_options, c, lo, hi, parts, slices) -> bool:
     import zarr
 
     from vegan.data.zarrset import zarr_store
+    from vegan.digests import write_chunk
 
     group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
     if group["complete"][c]:
         return False
     codes, cells = _pieces(parts, slices)
-    group["codes"][lo:hi] = codes
-    group["cells"][lo:hi] = cells
-    group["complete"][c] = True
+    write_chunk(group, c, lo, {"codes": codes, "cells": cells})  # rows, digest, then the marker
     return True
 
 
@@ -585,6 +584,8 @@ def _summary(attrs) -> dict[str, Any]:
 def _open_output(store, n: int, d: int, chunk_rows: int):
     import zarr
 
+    from vegan.digests import DIGEST, add_digests
+
     group = zarr.open_group(store=store, mode="a")
     if "codes" in group:
         codes = group["codes"]
@@ -593,8 +594,11 @@ def _open_output(store, n: int, d: int, chunk_rows: int):
                 f"generated store {store} holds codes of shape {codes.shape} (chunks {codes.chunks}), "
                 f"expected ({n}, {d}) in chunks of {chunk_rows}: delete it or use another run folder"
             )
+        if DIGEST not in group:  # a store begun before digests: its finished chunks stay unchecked
+            add_digests(group, math.ceil(n / chunk_rows), ["codes", "cells"])
         return group
     group.create_array("codes", shape=(n, d), chunks=(chunk_rows, d), dtype="float32", fill_value=np.nan)
     group.create_array("cells", shape=(n,), chunks=(chunk_rows,), dtype="int64", fill_value=-1)
     group.create_array("complete", shape=(math.ceil(n / chunk_rows),), chunks=(1,), dtype="bool", fill_value=False)
+    add_digests(group, math.ceil(n / chunk_rows), ["codes", "cells"])
     return group

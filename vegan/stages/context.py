@@ -52,6 +52,11 @@ class Run:
         """Dask resources the tasks of ``stage`` request (``{"GPU": 1}`` when ``cluster.gpu_stages`` lists it)."""
         return {"GPU": 1} if stage in self.cfg.cluster.gpu_stages else None
 
+    def forget(self) -> None:
+        """Drop the loaded outputs of finished stages (after one of them rewrote a chunk)."""
+        for name in ("codes", "codes_store", "model", "generator"):
+            self.__dict__.pop(name, None)
+
     # ---------------------------------------------------------- shared inputs
     @cached_property
     def dataset(self) -> Dataset:
