@@ -50,5 +50,6 @@ STAGE = Stage(
     # version 3: while averaging, iterates within twice the noise are kept and averaged.
     # version 4: the default first batch is 16 samples per code, not 64 (a different trajectory).
     # version 5: the damping is kept, not doubled, when the batch doubles at the noise floor.
-    version=5,
+    # version 6: codes of dimension 1 are solved exactly (interval cells, vegan.ot.exact1d).
+    version=6,
 )

@@ -1,0 +1,135 @@
+"""Robustness family of ``vegan.ot.solve`` with its defaults (issue 23): converged / iterations / seconds / error.
+
+    .venv/bin/python benchmarks/ot_family.py [--dims 1,2,3,8] [--ns 300,1000] [--ns-1d 300,20000]
+        [--tol 0.05] [--budget-iter 300] [--json]
+
+Cases: every ``d`` in ``--dims`` x codes (``uniform`` in the unit cube, ``gap``: two
+tight clusters at -3 and +3 along every axis, spread 0.1) x weights (``uniform``, and
+``1:6``: drawn in [1, 6]) x ``n``. Each is solved by ``vegan.ot.solve(y, nu, tol=...)``
+with defaults (``max_iter`` from ``--budget-iter``, default 300 as in OTConfig).
+
+The reported error is measured here, independently of the solver:
+
+* d = 1: exact, from the interval cells of the returned ``h``
+  (:func:`vegan.ot.exact1d.interval_masses`);
+* d = 2: a regular grid of ``--grid``^2 cell midpoints on the square (deterministic
+  quadrature; its own error is about a grid step times a cell's perimeter over its area);
+* d >= 3: i.i.d. uniform points (seed 12345, never used by the solver), as many as
+  ``benchmarks/ot_solve.py``'s shared check uses for a noise of ``--check-noise`` on the max.
+
+Codes are drawn in float64 and de-duplicated in float32 after scaling (coinciding codes
+cannot be split by any potential; the solver reports them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from vegan.ot import solve
+from vegan.ot.assign import assign_counts
+from vegan.ot.exact1d import interval_masses
+from vegan.ot.solver import noise_z
+
+CHECK_SEED = 12345
+
+
+def make_case(codes: str, weights: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if codes == "uniform":
+        y = rng.uniform(size=(n, d))
+    else:
+        side = np.where(np.arange(n) < n // 2, -3.0, 3.0)[:, None]
+        y = side + 0.1 * rng.normal(size=(n, d))
+    y = np.unique(y.astype(np.float32), axis=0).astype(np.float64)  # distinct codes
+    if len(y) < n:
+        y = np.concatenate([y, rng.uniform(size=(n - len(y), d))])
+    rng.shuffle(y)
+    nu = np.ones(n) if weights == "uniform" else rng.uniform(1.0, 6.0, n)
+    return y, nu / nu.sum()
+
+
+def verify(res, y: np.ndarray, nu: np.ndarray, grid: int, noise: float) -> tuple[dict, str]:
+    z = res.scale_codes(y)
+    n, d = z.shape
+    if d == 1:
+        w = interval_masses(z[:, 0], res.h)
+        how = "exact"
+    else:
+        yt, ht = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(res.h)
+        counts = torch.zeros(n, dtype=torch.float64)
+        if d == 2:
+            g = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
+            total, how = grid * grid, f"grid {grid}^2"
+            for lo in range(0, grid, 256):
+                gx, gy = torch.meshgrid(g[lo : lo + 256], g, indexing="ij")
+                x = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+                counts += assign_counts(x, yt, ht).counts.to(torch.float64)
+        else:
+            q = float(((1 - nu) / nu).max())
+            total = int(math.ceil(noise_z(n) ** 2 * q / noise**2))
+            how = f"{total:.2g} iid"
+            gen = torch.Generator().manual_seed(CHECK_SEED)
+            for lo in range(0, total, 1 << 16):
+                x = torch.rand(min(1 << 16, total - lo), d, generator=gen) * 2 - 1
+                counts += assign_counts(x, yt, ht).counts.to(torch.float64)
+        w = counts.numpy() / total
+    err = np.abs(w - nu)
+    return {"max": float((err / nu).max()), "l1": float(err.sum()), "empty": int((w == 0).sum())}, how
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dims", default="1,2,3,8")
+    ap.add_argument("--ns", default="300,1000", help="n for d >= 2")
+    ap.add_argument("--ns-1d", default="300,20000", help="n for d = 1")
+    ap.add_argument("--tol", type=float, default=0.05)
+    ap.add_argument("--budget-iter", type=int, default=300)
+    ap.add_argument("--grid", type=int, default=2048)
+    ap.add_argument("--check-noise", type=float, default=0.05)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    for d in (int(v) for v in args.dims.split(",")):
+        ns = args.ns_1d if d == 1 else args.ns
+        for n in (int(v) for v in ns.split(",")):
+            for codes in ("uniform", "gap"):
+                for weights in ("uniform", "1:6"):
+                    y, nu = make_case(codes, weights, n, d)
+                    t0 = time.perf_counter()
+                    res = solve(y, nu, tol=args.tol, max_iter=args.budget_iter, progress=False)
+                    secs = time.perf_counter() - t0
+                    ver, how = verify(res, y, nu, args.grid, args.check_noise)
+                    row = {
+                        "d": d,
+                        "n": n,
+                        "codes": codes,
+                        "weights": weights,
+                        "converged": bool(res.converged),
+                        "iterations": res.iterations,
+                        "seconds": round(secs, 2),
+                        "own_max": res.marginal_error["max"],
+                        "max": ver["max"],
+                        "l1": ver["l1"],
+                        "empty": ver["empty"],
+                        "check": how,
+                    }
+                    rows.append(row)
+                    print(
+                        f"d={d:<4d} n={n:<6d} {codes:8s} w={weights:8s} conv={row['converged']!s:5s} "
+                        f"it={row['iterations']:<4d} {secs:8.2f}s  own max {row['own_max']:.3g}  "
+                        f"verified max {ver['max']:.3g} l1 {ver['l1']:.3g} empty {ver['empty']} ({how})",
+                        flush=True,
+                    )
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
