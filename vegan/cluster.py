@@ -163,6 +163,10 @@ class _Done:
         pass
 
 
+def _same(x):
+    return x
+
+
 def _value(x):
     if isinstance(x, _Done):
         return x.value
@@ -226,6 +230,12 @@ class Tasks:
         """Ship ``value`` to every worker once (``hash=False``: a content-hashed key could be shared with an
         earlier scatter of equal data, whose release would drop it)."""
         return value if self.client is None else self.client.scatter(value, broadcast=True, hash=False)
+
+    def keep(self, value):
+        """``value`` as a task's result that the scheduler can make again: when every worker holding it dies
+        it is recomputed, where scattered data, which has no recipe, would be lost and every task needing it
+        cancelled ("lost dependencies"). For inputs of a stage that must survive a killed worker."""
+        return value if self.client is None else self.client.submit(_same, value, pure=False)
 
     def ordered(self, start, jobs: Iterable, lookahead: int | Callable[[], int] | None = None) -> Iterator:
         """``start(job)`` (which submits a job's tasks and returns the future of its result) in job order,

@@ -39,26 +39,50 @@ def test_second_writer_is_refused_while_a_run_holds_the_folder(s3_bucket):
             run_pipeline(load_config("tiny", overrides=SMALL), Storage(f"{url}/runs/locked", opts), progress=False)
 
 
-def test_tiny_pipeline_on_s3_with_a_local_cluster_until_generate(s3_bucket):
-    """Workers open the run's Zarr stores in S3 themselves (latents written, codes read, generated codes written)."""
+def test_tiny_pipeline_on_s3_with_a_local_cluster_through_eval_keeps_secrets_out_of_task_graphs(s3_bucket, monkeypatch):
+    """Workers open the run's Zarr stores in S3 themselves (latents written, codes read, generated codes
+    written, sets made and scored) with credentials from their environment: the bytes of every task graph
+    this process pickles for the scheduler are scanned for the secret."""
+    import os
+    import pickle
+
+    import distributed.client
     import numpy as np
+    import s3fs
     import zarr
 
     from vegan.pipeline import Run
 
+    graphs: list[bytes] = []
+    real = distributed.client.serialize
+
+    def recording(*args, **kwargs):  # the client's own serializer, observed: what goes to the scheduler
+        header, frames = real(*args, **kwargs)
+        graphs.append(pickle.dumps(header) + b"".join(bytes(f) for f in frames))
+        return header, frames
+
+    monkeypatch.setattr(distributed.client, "serialize", recording)
     url, opts = s3_bucket
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    # The scan can see a secret: a filesystem given keys explicitly carries them when pickled.
+    assert secret in pickle.dumps(s3fs.S3FileSystem(key="k", secret=secret.decode(), **opts))
     sets = [*SMALL, "cluster.address=local", "cluster.n_workers=2", "latents.chunk_rows=256"]
     cfg = load_config("tiny", overrides=sets)
     run_url = f"{url}/runs/cluster"
-    first = run_pipeline(cfg, Storage(run_url, opts), until="generate", progress=False)
-    assert set(first) == {"ae", "latents", "ot", "generate"} and not any(r["reused"] for r in first.values())
+    first = run_pipeline(cfg, Storage(run_url, opts), progress=False)
+    assert set(first) == {"ae", "latents", "ot", "generate", "gan", "eval"}
+    assert not any(r["reused"] for r in first.values())
+    blob = b"".join(graphs)
+    assert len(graphs) > 10 and url.removeprefix("s3://").encode() in blob  # graphs name the bucket...
+    assert secret not in blob and b"AWS_SECRET" not in blob  # ...never the credentials
     st = Storage(run_url, opts)
     m = Manifest(st, cfg)
     assert m.done_info("latents")["chunks_written"] == m.done_info("latents")["chunks"] > 1
-    assert m.done_info("ot")["mode"] != "local"
+    assert m.done_info("ot")["mode"] != "local" and m.done_info("eval")["cluster"].startswith("tcp://")
+    assert "ae-ot" in st.sub(m.output("eval")).read_json("metrics.json")
     run = Run(cfg, Storage(run_url, opts), progress=False)
     gen = zarr.open_group(run.zarr_store("generate", read_only=True), mode="r")
     codes = np.asarray(gen["codes"][:])
     assert codes.shape == (128, cfg.ae.latent_dim) and np.isfinite(codes).all()
-    again = run_pipeline(cfg, Storage(run_url, opts), until="generate", progress=False)
+    again = run_pipeline(cfg, Storage(run_url, opts), progress=False)
     assert all(r["reused"] for r in again.values())

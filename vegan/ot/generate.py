@@ -272,12 +272,13 @@ class _Targets:
         else:
             ys = result.scale_codes(y)
             n, d = ys.shape
-            self.rows = tasks.scatter(ys)
+            self.rows = tasks.keep(ys)
             self.shards = [(0, self.rows)]
             spans = [(0, n)]
         self.n, self.d = n, d
         h = _as_potential(result.h, n)
-        self.h = [tasks.scatter(np.ascontiguousarray(h[a:b])) for a, b in spans]
+        # Kept, not scattered: a worker killed while it holds the only copy must not cancel the stage.
+        self.h = [tasks.keep(np.ascontiguousarray(h[a:b])) for a, b in spans]
 
     def _prefer(self, shard: int) -> int | None:
         """Shard ``i`` prefers worker ``i`` when there are several shards (its rows stay loaded there)."""
