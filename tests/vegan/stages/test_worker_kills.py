@@ -178,3 +178,28 @@ def test_ot_and_generate_survive_a_worker_killed_mid_stage(cluster, tmp_path, mo
         assert info["generate"]["chunks"] == 1 and not info["generate"]["reused"]
         chunk = samples / "codes" / "c" / "0" / "0"
         assert chunk.stat().st_mtime_ns > killed[-1]  # written once, after the kill (the draw was interrupted)
+
+
+def test_eval_feature_extraction_survives_a_worker_killed_mid_stage(cluster, tmp_path):
+    """Done last: a worker dies while feature-extraction tasks run; the metrics are those of an
+    uninterrupted in-process evaluation (to the tolerance of ``test_eval_cluster``)."""
+    from distributed import Client
+
+    sets = [*SETS, "ot.max_iter=4", "gan.steps=4", "eval.n_samples=128"]
+    here = load_config("tiny", overrides=sets)
+    run_pipeline(here, str(tmp_path / "ref"), until="gan", progress=False)
+    shutil.copytree(tmp_path / "ref", tmp_path / "run")
+    ref = run_pipeline(here, str(tmp_path / "ref"), progress=False)["eval"]
+    cfg = load_config("tiny", overrides=[*sets, f"cluster.address={cluster}"])
+
+    with Client(cluster, timeout=30) as probe:
+
+        def extracting() -> bool:
+            return any(str(k).startswith("_features_task") for ks in probe.processing().values() for k in ks)
+
+        info, _ = run_with_kills(cfg, tmp_path / "run", "eval", cluster, [(extracting, "eval")])
+    got = info["eval"]
+    assert not got["reused"] and set(got["metrics"]) == set(ref["metrics"])
+    for name, m in ref["metrics"].items():
+        for key, value in m.items():
+            assert got["metrics"][name][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
