@@ -1,14 +1,14 @@
 """Check everything a run folder holds, and mark what is damaged so a rerun recomputes only that.
 
 :func:`check_run` looks at the dataset (when it is a Zarr store), each stage's Zarr store
-(every sealed chunk against its digest, :mod:`vegan.digests`), checkpoints and final files
-(each must load), and returns one :class:`Finding` per item. :func:`mark_damaged` turns
-the damage into work for the next ``vegan run``: a bad chunk of a stage's store is marked
-missing (that stage then rewrites it alone), a bad final file is removed with its stage's
-done marker (the stage reruns, resuming from its checkpoints), a bad checkpoint is removed
-(resume would skip it anyway). A dataset is an input: it is never touched, only named.
-``vegan verify --storage RUN`` is these two functions and a table.
-"""
+(every sealed chunk against its digest, :mod:`vegan.digests`), checkpoints, final files and
+the eval cache (each must load), and returns one :class:`Finding` per item.
+:func:`mark_damaged` turns the damage into work for the next ``vegan run``: a bad chunk of a
+stage's store is marked missing (that stage then rewrites it alone), a bad final file is
+removed with its stage's done marker (the stage reruns, resuming from its checkpoints), a bad
+checkpoint is removed (resume would skip it anyway), a bad cached file is removed (it is
+computed again). A dataset is an input: it is never touched, only named.
+``vegan verify --storage RUN`` is these two functions and a table."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class Finding:
     status: str
     detail: str = ""
     stage: str | None = None
-    kind: str = "file"  # dataset | store | checkpoint | file
+    kind: str = "file"  # dataset | store | checkpoint | file | cache
     chunks: list[int] = field(default_factory=list)
 
     @property
@@ -127,6 +127,14 @@ def check_run(storage: Storage, cfg: PipelineConfig) -> list[Finding]:
             why = _loads(folder, name)
             what = f"{stage} {kind or 'output'}"
             out.append(Finding(what, folder.uri(name), "damaged" if why else "ok", why or "", stage, kind or "file"))
+    cache = storage.sub("cache")  # features and classifiers of the eval stage, recomputed when missing
+    if cache.exists():
+        root = cache.path().rstrip("/") + "/"
+        for full in sorted(cache.fs.find(cache.path())):
+            rel = full[len(root) :] if full.startswith(root) else full
+            if rel.endswith(".pt"):
+                why = _loads(cache, rel)
+                out.append(Finding("eval cache", cache.uri(rel), "damaged" if why else "ok", why or "", None, "cache"))
     return out
 
 
@@ -138,6 +146,10 @@ def mark_damaged(storage: Storage, cfg: PipelineConfig, findings: list[Finding])
     done: list[str] = []
     for f in findings:
         if not f.damaged or f.kind == "dataset":
+            continue
+        if f.kind == "cache":  # a cached file that does not load is computed again
+            storage.rm(f.location.removeprefix(storage.uri()).lstrip("/"))
+            done.append(f"removed {f.location} (recomputed when needed)")
             continue
         rel = m.output(f.stage)
         if f.kind == "store":

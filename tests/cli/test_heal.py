@@ -129,16 +129,20 @@ def test_vegan_verify_names_damage_marks_it_and_a_rerun_rewrites_only_that(finis
     garble(latents / "codes" / "c" / "1" / "0")
     ckpt = sorted((run_dir / m.output("ae")).glob("ckpt-*.pt"))[0]
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # a truncated upload
+    cached = run_dir / "cache" / "features" / "pool.pt"  # the eval stage's cache of features
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x80\x02 not what torch.save wrote")
     proc = cli("verify", "--storage", str(run_dir))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["status", "what", "location", "detail"]
     bad = [line for line in lines if line.startswith("damaged")]
-    assert len(bad) == 2, proc.stdout
+    assert len(bad) == 3, proc.stdout
     assert any(str(latents) in line and "chunk 1 (rows 128..255)" in line for line in bad)
     assert any(str(ckpt) in line and "ae checkpoint" in line for line in bad)
-    assert "2 damaged" in proc.stdout and "marked: latents: chunk(s) [1] marked missing" in proc.stdout
-    assert not m.is_done("latents") and not ckpt.exists()
+    assert any(str(cached) in line and "eval cache" in line for line in bad)
+    assert "3 damaged" in proc.stdout and "marked: latents: chunk(s) [1] marked missing" in proc.stdout
+    assert not m.is_done("latents") and not ckpt.exists() and not cached.exists()
     stamps = mtimes(latents / "codes")
     info = run_pipeline(load_config("tiny", overrides=SETS), str(run_dir), until="generate", progress=False)
     assert info["latents"]["chunks_written"] == 1 and info["ot"]["reused"] and info["generate"]["reused"]
