@@ -11,7 +11,7 @@ then ``generate_to_zarr``) with the driver-side functions wrapped in named phase
 * ``pool_pairs`` / ``newton`` the Hessian estimate and the CG solve of a Newton step
 * ``step``      the rest of ``NewtonSolver.step``
 * ``check``     a fresh-sample check; ``save`` a checkpoint
-* ``gen_*``     generate: prepare (scatter of h), centroid table, draws, chunk writes
+* ``gen_*``     generate: prepare (h kept as tasks), centroid table, draws, chunk writes
 
 For each phase it prints the peak of traced Python/numpy allocations above what was live
 when the phase began (tracemalloc: exact, whatever the allocator returns to the OS), what
