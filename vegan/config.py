@@ -229,9 +229,17 @@ class EvalConfig(_Config):
     batch_size: int = Field(64, ge=1, description="Images per feature-extraction chunk (bounds memory).")
     precision: Literal["auto", "float32", "bf16"] = Field(
         "auto",
-        description="TF-Inception arithmetic: auto (bf16 autocast where the CPU has native bf16, i.e. "
-        "avx512_bf16 or AMX; float32 elsewhere and on GPUs), float32 (the exact path), bf16. bf16 changes FID "
-        "by well under 0.5% (docs/BENCHMARKS.md); its reference features are cached apart from float32 ones.",
+        description="TF-Inception arithmetic: auto (float32 on the openvino / onnxruntime backends, fast and "
+        "exact; on torch bf16 autocast where the CPU has native bf16, i.e. avx512_bf16 or AMX, float32 elsewhere "
+        "and on GPUs), float32 (the exact path), bf16. bf16 changes FID by 0.1-0.3% (docs/BENCHMARKS.md); its "
+        "features are cached apart from float32 ones.",
+    )
+    inception_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="What runs TF-Inception: auto (OpenVINO on a CPU where it is installed, else torch), torch "
+        "(the TorchScript module), openvino, onnxruntime (float32 only). The runtimes compile the graph once "
+        "(cached in ~/.cache/vegan/inception) and run float32 ~2.8x faster than torch on CPU (docs/BENCHMARKS.md); "
+        "features of each backend are cached apart.",
     )
     domain_steps: int = Field(300, ge=1, description="Training steps of the domain / selfsup classifier.")
     domain_max_examples: int = Field(
@@ -297,11 +305,12 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-EXECUTION_FIELDS = frozenset({"device", "keep_checkpoints", "checkpoint_every", "precision"})
+EXECUTION_FIELDS = frozenset({"device", "keep_checkpoints", "checkpoint_every", "precision", "inception_backend"})
 """Fields that change where or how fast a stage runs, never what it computes (both kernel
 precisions return the argmax of the float64 scores): left out of stage keys. Training's
 ``precision`` (bf16 autocast) is here for the reason ``device`` is: like a GPU, it changes
-the rounding of the same computation, not the computation."""
+the rounding of the same computation, not the computation. ``inception_backend`` likewise: the
+same network, run by another engine (its features are cached under their own key)."""
 
 EXECUTION_SECTIONS = frozenset({"cluster"})
 """Sections of :class:`PipelineConfig` that belong to no stage and only say where stages run: no stage reads

@@ -8,8 +8,9 @@ functions instead of calling ``calculate_metrics`` on datasets, for two reasons:
   content hash of the data and the identity of the extractor weights (and,
   for TF-Inception, a bf16 precision), so changed data, weights or precision
   can never reuse stale statistics. With TF-Inception the features of every
-  scored set are cached the same way (``set-features/``): at ~0.1 s per image a
-  10k-image evaluation that stops half-way resumes without redoing finished sets;
+  scored set are cached the same way (``set-features/``), and each set's finished
+  chunks are written as they finish: a 10k-image evaluation killed half-way
+  resumes at the next unfinished chunk (:func:`cached_features`);
 * a set is a tensor or a row source (:mod:`vegan.metrics.sources`: dataset rows,
   decoded codes, reconstructions) whose rows are made chunk by chunk where the
   chunk runs: in this process, or as a Dask task that builds the extractor once
@@ -24,6 +25,7 @@ work with ``torch_fidelity.calculate_metrics``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +45,7 @@ from vegan.metrics.classifiers import TrainingRows, load_or_train_domain_classif
 from vegan.metrics.inception import load_inception, resolve_precision
 from vegan.metrics.prdc import prdc
 from vegan.metrics.registry import INCEPTION_TF_OFFLINE, SELFSUP, TRAINED, choose_extractor
+from vegan.metrics.runtimes import BackendUnavailable, resolve_backend
 from vegan.metrics.sources import RowSource, TensorRows, as_source, head, tensor_hash
 from vegan.storage import Storage
 
@@ -123,12 +126,15 @@ def feature_space(
         if cfg.inception_path:
             kwargs["feature_extractor_weights_path"] = cfg.inception_path
         _, digest = load_inception(cfg.inception_path)  # fails early, naming the path
-        precision, why_precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
-        # matmul resize and channels-last change features by ~1e-6 (rounding only): both precisions use them.
-        kwargs.update(precision=precision, resize="matmul", channels_last=True)
-        info.update(precision=precision, precision_reason=why_precision)
-        # bf16 features are not float32 ones: cached apart (float32 keeps the key it always had).
-        fingerprint = f"{name}-{digest}" + ("" if precision == "float32" else f"-{precision}")
+        device = resolve_device(cfg.device)
+        backend, why_backend = resolve_backend(cfg.inception_backend, device)
+        precision, why_precision = resolve_precision(cfg.precision, device, backend)
+        # matmul resize and channels-last change features by ~1e-6 (rounding only): every path uses them.
+        kwargs.update(precision=precision, resize="matmul", channels_last=True, backend=backend)
+        info.update(precision=precision, precision_reason=why_precision, backend=backend, backend_reason=why_backend)
+        # Other arithmetic, other features: cached apart (torch float32 keeps the key it always had).
+        fingerprint = f"{name}-{digest}" + ("" if backend == "torch" else f"-{backend}")
+        fingerprint += "" if precision == "float32" and backend == "torch" else f"-{precision}"
     else:  # a torch-fidelity extractor: its name pins its (downloaded) weights
         fingerprint = name
     layer = cls.get_default_feature_layer_for_metric("fid")
@@ -136,6 +142,13 @@ def feature_space(
     layers = [layer] if isc_layer is None else [layer, isc_layer]
     try:
         extractor = create_feature_extractor(name, layers, cuda=False, verbose=False, **kwargs)
+    except BackendUnavailable as exc:
+        if cfg.inception_backend != "auto":
+            raise
+        log.warning("%s; TF-Inception runs on torch instead", exc)
+        space = feature_space(cfg.model_copy(update={"inception_backend": "torch"}), cache=cache)
+        space.info["backend_reason"] = f"auto: torch because {exc}"
+        return space
     except OSError as exc:  # URLError included: torch-fidelity's own extractors download their weights
         raise RuntimeError(
             f"cannot load weights of feature extractor {name!r} ({exc}); without internet use "
@@ -206,6 +219,40 @@ def chunk_bounds(n: int, batch_size: int, chunk_rows: int = CHUNK_ROWS) -> list[
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
+def _chunk_features(
+    source: RowSource,
+    space: FeatureSpace,
+    bounds: list[tuple[int, int]],
+    batch_size: int,
+    client=None,
+    progress: bool = False,
+    desc: str = "features",
+    resources: dict | None = None,
+) -> Iterator[tuple[tuple[int, int], dict[str, torch.Tensor]]]:
+    """``((lo, hi), features)`` of each chunk in ``bounds``, in order, as each is ready.
+
+    With a dask ``client`` each chunk is a task (a bounded number ahead of the consumer): the
+    worker builds the extractor once, makes its rows itself (a source pickles small: a dataset
+    URL, codes, a decoder) and returns only features. Without one the same per-chunk function
+    runs here.
+    """
+    bar = tqdm(bounds, desc=desc, disable=not progress, leave=False)
+    if client is None:
+        for lo, hi in bar:
+            yield (lo, hi), _features_of(source, lo, hi, batch_size, space.extractor)
+        return
+    from vegan.cluster import Tasks
+
+    tasks = Tasks(client, resources)
+    src, build = tasks.scatter([source, space.build_kwargs])  # a list: the dict travels whole
+
+    def start(b: tuple[int, int]):
+        return tasks.submit(_features_task, src, b[0], b[1], batch_size, space.fingerprint, build)
+
+    for b, fut in zip(bar, tasks.ordered(start, bounds), strict=True):
+        yield b, tasks.gather([fut])[0]
+
+
 def extract_features(
     x: torch.Tensor | RowSource,
     space: FeatureSpace,
@@ -214,28 +261,15 @@ def extract_features(
     progress: bool = False,
     desc: str = "features",
     resources: dict | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, torch.Tensor]:
     """Features of ``x`` (float images in [0, 1] or vectors, or a row source) for every layer of
-    ``space``, chunk by chunk.
-
-    With a dask ``client`` each chunk is a task: the worker builds the extractor once, makes
-    its rows itself (a source pickles small: a dataset URL, codes, a decoder) and returns only
-    features, so the driver holds ``n x feature_dim`` floats and never the images. Without
-    one the same per-chunk function runs here. Results come back in order.
+    ``space``, chunk by chunk (:func:`_chunk_features`; on the workers of a dask ``client``), so
+    the driver holds ``n x feature_dim`` floats and never the images. Results come back in order.
     """
     source = as_source(x)
-    bounds = chunk_bounds(len(source), batch_size)
-    if client is None:
-        parts = [_features_of(source, lo, hi, batch_size, space.extractor)
-                 for lo, hi in tqdm(bounds, desc=desc, disable=not progress, leave=False)]  # fmt: skip
-    else:
-        from vegan.cluster import Tasks
-
-        tasks = Tasks(client, resources)
-        src, build = tasks.scatter([source, space.build_kwargs])  # a list: the dict travels whole
-        parts = tasks.gather(
-            [tasks.submit(_features_task, src, lo, hi, batch_size, space.fingerprint, build) for lo, hi in bounds]
-        )
+    bounds = chunk_bounds(len(source), batch_size, chunk_rows)
+    parts = [f for _, f in _chunk_features(source, space, bounds, batch_size, client, progress, desc, resources)]
     return {layer: torch.cat([p[layer] for p in parts]) for layer in space.layers}
 
 
@@ -248,43 +282,74 @@ def reference_features(
     client=None,
     progress: bool = False,
     resources: dict | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Features of the reference set, cached per (data hash, extractor fingerprint, layer).
 
     Returns ``(features, loaded_from_cache)``. ``data_hash`` must identify the
     content of ``real``; it is never a dataset name. The fingerprint holds the
-    extractor's weights digest and, for TF-Inception, a non-float32 precision, so
-    the 10k test-set features are computed once per extractor and settings and
-    then reused by every run and set sharing the cache.
+    extractor's weights digest, its backend and a non-float32 precision (TF-Inception),
+    so the 10k test-set features are computed once per extractor and settings and
+    then reused by every run and set sharing the cache. Extraction resumes per chunk
+    (see :func:`cached_features`).
     """
-    return _cached_features(
-        real, space, data_hash, cache, batch_size, client, progress, "reference features", resources=resources
-    )
+    return cached_features(real, space, data_hash, cache, batch_size, client, progress, "reference features",
+                           resources=resources, chunk_rows=chunk_rows)  # fmt: skip
 
 
-def _cached_features(
+def cached_features(
     x: torch.Tensor | RowSource,
     space: FeatureSpace,
     data_hash: str,
     cache: Storage | None,
-    batch_size: int,
-    client,
-    progress: bool,
-    desc: str,
+    batch_size: int = 64,
+    client=None,
+    progress: bool = False,
+    desc: str = "features",
     folder: str = "reference-features",
     resources: dict | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    rels = {layer: f"{folder}/{data_hash}/{space.fingerprint}/{layer}.pt" for layer in space.layers}
+    """Features of ``x`` cached in ``cache`` under ``{folder}/{data_hash}/{fingerprint}/``; ``(features, hit)``.
+
+    The finished set is one file per layer (``{layer}.pt``). While a set is extracted, each
+    finished chunk is written at once, atomically, to ``chunks-{rows}/{lo}-{hi}.pt`` (all
+    layers; ``rows`` is the chunk length, so a rerun with another batch size never mixes
+    bounds): a process killed part-way resumes at the first chunk without a file, and a
+    finished chunk is read back, never recomputed or rewritten. The chunk files are removed
+    once the layer files are written.
+    """
+    source = as_source(x)
+    base = f"{folder}/{data_hash}/{space.fingerprint}"
+    rels = {layer: f"{base}/{layer}.pt" for layer in space.layers}
     if cache is not None and all(cache.exists(r) for r in rels.values()):
         blobs = {layer: cache.load_torch(r) for layer, r in rels.items()}
-        if all(b["n"] == len(x) for b in blobs.values()):
+        if all(b["n"] == len(source) for b in blobs.values()):
             return {layer: b["features"] for layer, b in blobs.items()}, True
-    feats = extract_features(x, space, batch_size, client, progress, desc=desc, resources=resources)
+    bounds = chunk_bounds(len(source), batch_size, chunk_rows)
+    if cache is None:
+        parts = dict(_chunk_features(source, space, bounds, batch_size, client, progress, desc, resources))
+    else:
+        chunks = f"{base}/chunks-{bounds[0][1] - bounds[0][0]}"
+        names = set(cache.listdir(chunks))
+        parts = {b: cache.load_torch(f"{chunks}/{_chunk_name(b)}") for b in bounds if _chunk_name(b) in names}
+        if parts:
+            log.info("%s: resuming after %d of %d finished chunks", desc, len(parts), len(bounds))
+        todo = [b for b in bounds if b not in parts]
+        for b, feats in _chunk_features(source, space, todo, batch_size, client, progress, desc, resources):
+            cache.save_torch(f"{chunks}/{_chunk_name(b)}", feats)
+            parts[b] = feats
+    feats = {layer: torch.cat([parts[b][layer] for b in bounds]) for layer in space.layers}
     if cache is not None:
         for layer, rel in rels.items():
-            cache.save_torch(rel, {"features": feats[layer], "n": len(x), "data_hash": data_hash,
+            cache.save_torch(rel, {"features": feats[layer], "n": len(source), "data_hash": data_hash,
                                    "extractor": space.fingerprint, "layer": layer})  # fmt: skip
+        cache.rm(chunks)
     return feats, False
+
+
+def _chunk_name(bounds: tuple[int, int]) -> str:
+    return f"{bounds[0]:010d}-{bounds[1]:010d}.pt"
 
 
 # -------------------------------------------------------------------- metrics
@@ -368,8 +433,8 @@ def evaluate_sets(
         if cache is None or space.fingerprint.startswith(TRAINED):  # cheap features: not worth the storage
             gen = extract_features(x, space, cfg.batch_size, client, progress, desc=name, resources=resources)
         else:  # TF-Inception: an interrupted 10k-image evaluation resumes without redoing finished sets
-            gen, hit = _cached_features(x, space, f"{x.key}-n{len(x)}", cache, cfg.batch_size, client,
-                                        progress, name, folder="set-features", resources=resources)  # fmt: skip
+            gen, hit = cached_features(x, space, f"{x.key}-n{len(x)}", cache, cfg.batch_size, client,
+                                       progress, name, folder="set-features", resources=resources)  # fmt: skip
             log.info("features of set %r %s", name, "loaded from cache" if hit else "computed")
         out[name] = compare_features(ref, gen, space, cfg)
     return out

@@ -25,6 +25,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import vassert
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from vegan.metrics.runtimes import BACKENDS, BackendUnavailable, make_runner
+
 log = logging.getLogger(__name__)
 
 INCEPTION_V3_COMPAT = "inception-v3-compat"
@@ -106,18 +108,24 @@ def cpu_has_fast_bf16() -> tuple[bool, str]:
     return False, "the CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"
 
 
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> tuple[str, str]:
-    """``auto`` -> ``bf16`` on a CPU with native bf16, else ``float32``; returns ``(precision, why)``.
+def resolve_precision(precision: str, device: str | torch.device = "cpu", backend: str = "torch") -> tuple[str, str]:
+    """``auto`` -> the fastest arithmetic within 0.1 % of the exact FID; returns ``(precision, why)``.
 
-    bf16 changes TF-Inception FID by well under 0.5 % (``benchmarks/fid_speed.py``) and
-    roughly halves the time per image on such a CPU. GPUs get float32: they are fast
-    enough that the exact path costs nothing worth saving.
+    On an inference runtime (``backend`` ``openvino`` or ``onnxruntime``) that is float32:
+    the compiled float32 graph is fast and exact. On torch it is ``bf16`` autocast where the
+    CPU has native bf16 (roughly halves the time per image; FID within 0.1-0.3 %), else
+    float32. GPUs get float32: they are fast enough that the exact path costs nothing
+    worth saving. ``onnxruntime`` runs float32 only.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
     on_cpu = torch.device(device).type == "cpu"
     if precision == "float32":
         return "float32", "eval.precision = 'float32' (exact path)"
+    if backend == "onnxruntime":
+        if precision == "bf16":
+            raise ValueError("eval.precision = 'bf16' but inception_backend 'onnxruntime' runs float32 only")
+        return "float32", "auto: float32 (onnxruntime runs float32 only)"
     if precision == "bf16":
         fast, why = cpu_has_fast_bf16() if on_cpu else (True, "GPU")
         if not fast:
@@ -125,6 +133,8 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> tup
         return "bf16", f"eval.precision = 'bf16' ({why})"
     if not on_cpu:
         return "float32", "auto: float32 on a GPU (fast enough; exact)"
+    if backend != "torch":
+        return "float32", f"auto: float32 on {backend} (compiled float32 graph: fast and exact)"
     fast, why = cpu_has_fast_bf16()
     if fast:
         return "bf16", f"auto: bf16 autocast because {why}"
@@ -167,10 +177,13 @@ class InceptionTFOffline(FeatureExtractorBase):
     """TF-Inception FID features from a local TorchScript file (input: uint8 Bx3xHxW).
 
     The speed-ups (each validated against the exact path by ``benchmarks/fid_speed.py``):
-    ``resize="matmul"`` (separable resize as two matrix products), ``channels_last``
-    (NHWC activations, oneDNN's native layout) and ``precision="bf16"`` (autocast;
-    needs native bf16 to pay off). ``precision`` here is already resolved (``float32``
-    or ``bf16``, see :func:`resolve_precision`); the default is the exact path.
+    ``backend`` (``openvino`` or ``onnxruntime``: the graph compiled by an inference runtime,
+    :mod:`vegan.metrics.runtimes`), ``resize="matmul"`` (separable resize as two matrix
+    products), ``channels_last`` (NHWC activations, oneDNN's native layout; torch only) and
+    ``precision="bf16"`` (autocast on torch, OpenVINO's bf16 hint; needs native bf16 to pay
+    off). ``backend`` and ``precision`` here are already resolved (see
+    :func:`~vegan.metrics.runtimes.resolve_backend` and :func:`resolve_precision`); the
+    default is the exact TorchScript path.
     """
 
     INPUT_IMAGE_SIZE = 299
@@ -183,14 +196,26 @@ class InceptionTFOffline(FeatureExtractorBase):
         precision: str = "float32",
         resize: str = "tf1",
         channels_last: bool = False,
+        backend: str = "torch",
         **kwargs,
     ):
         super().__init__(name, features_list)
         vassert(precision in ("float32", "bf16"), f"precision must be resolved to float32 or bf16, got {precision!r}")
         vassert(resize in RESIZES, f"resize must be one of {RESIZES}, got {resize!r}")
+        vassert(backend in BACKENDS and backend != "auto", f"backend must be resolved, one of {BACKENDS[1:]}")
         self.weights_path = str(feature_extractor_weights_path or default_inception_path())
         self.net, self.digest = load_inception(self.weights_path)
-        self.precision, self.resize, self.channels_last = precision, resize, channels_last
+        self.precision, self.resize, self.channels_last, self.backend = precision, resize, channels_last, backend
+        self.runner = None
+        if backend != "torch":
+            try:
+                self.runner = make_runner(backend, precision, self.net, self.digest)
+            except BackendUnavailable:
+                raise
+            except Exception as exc:
+                raise BackendUnavailable(
+                    f"inception backend {backend!r} cannot run {self.weights_path}: {type(exc).__name__}: {exc}"
+                ) from exc
 
     @staticmethod
     def get_provided_features_list():
@@ -213,10 +238,13 @@ class InceptionTFOffline(FeatureExtractorBase):
         vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting image as torch.Tensor with dtype=torch.uint8")
         vassert(x.dim() == 4 and x.shape[1] == 3, f"Input is not Bx3xHxW: {tuple(x.shape)}")
         x = (resize_tf1(x.float(), self.INPUT_IMAGE_SIZE, self.resize) - 128) / 128
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            feats = self.net(x)
+        if self.runner is not None:
+            feats = self.runner(x.cpu()).to(x.device)
+        else:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                feats = self.net(x)
         if feats.dim() != 2 or feats.shape[1] != 2048:
             raise InceptionWeightsError(
                 f"{self.weights_path} returned features of shape {tuple(feats.shape)}, expected (N, 2048): "
