@@ -238,7 +238,7 @@ class EvalConfig(_Config):
         "auto",
         description="What runs TF-Inception: auto (OpenVINO on a CPU where it is installed, else torch), torch "
         "(the TorchScript module), openvino, onnxruntime (float32 only). The runtimes compile the graph once "
-        "(cached in ~/.cache/vegan/inception) and run float32 ~2.8x faster than torch on CPU (docs/BENCHMARKS.md); "
+        "(cached in ~/.cache/vegan/inception) and run float32 2.25-2.75x faster than torch (docs/BENCHMARKS.md); "
         "features of each backend are cached apart.",
     )
     domain_steps: int = Field(300, ge=1, description="Training steps of the domain / selfsup classifier.")
