@@ -1,7 +1,7 @@
 """Robustness family of ``vegan.ot.solve`` with its defaults (issue 23): converged / iterations / seconds / error.
 
     .venv/bin/python benchmarks/ot_family.py [--dims 1,2,3,8] [--ns 300,1000] [--ns-1d 300,20000]
-        [--tol 0.05] [--budget-iter 300] [--json]
+        [--tol 0.05] [--budget-iter 300] [--threads 1] [--json]
 
 Cases: every ``d`` in ``--dims`` x codes (``uniform`` in the unit cube, ``gap``: two
 tight clusters at -3 and +3 along every axis, spread 0.1) x weights (``uniform``, and
@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from vegan.ot import solve
+from vegan.ot import make_problem, solve
 from vegan.ot.assign import assign_counts
 from vegan.ot.exact1d import interval_masses
 from vegan.ot.solver import noise_z
@@ -46,9 +46,13 @@ def make_case(codes: str, weights: str, n: int, d: int, seed: int = 0) -> tuple[
     else:
         side = np.where(np.arange(n) < n // 2, -3.0, 3.0)[:, None]
         y = side + 0.1 * rng.normal(size=(n, d))
-    y = np.unique(y.astype(np.float32), axis=0).astype(np.float64)  # distinct codes
-    if len(y) < n:
-        y = np.concatenate([y, rng.uniform(size=(n - len(y), d))])
+    for _ in range(10):  # distinct after scaling to float32, as the solver sees them
+        z = make_problem(y).y
+        _, first = np.unique(z, axis=0, return_index=True)
+        dup = np.setdiff1d(np.arange(n), first)
+        if not len(dup):
+            break
+        y[dup] += 1e-3 * rng.normal(size=(len(dup), d))
     rng.shuffle(y)
     nu = np.ones(n) if weights == "uniform" else rng.uniform(1.0, 6.0, n)
     return y, nu / nu.sum()
@@ -92,9 +96,11 @@ def main() -> None:
     ap.add_argument("--budget-iter", type=int, default=300)
     ap.add_argument("--grid", type=int, default=2048)
     ap.add_argument("--check-noise", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for d in (int(v) for v in args.dims.split(",")):
         ns = args.ns_1d if d == 1 else args.ns
