@@ -207,7 +207,24 @@ class GANConfig(_Config):
 class EvalConfig(_Config):
     """Evaluation: FID/KID/precision/recall and mode coverage."""
 
-    n_samples: int = Field(2000, ge=2, description="Images per compared set.")
+    n_samples: int = Field(
+        2000, ge=2, description="Images per compared set (the headline sets under protocol standard)."
+    )
+    protocol: Literal["split", "standard"] = Field(
+        "split",
+        description="split: the first n_samples test images are the reference and the next n_samples are "
+        "reconstructed (fits any test split; its figures are not comparable with published ones). standard: the "
+        "field's yardstick, e.g. 10,000 generated images against the 10,000 MNIST test images: the whole test "
+        "split is the reference, ae-ot / ae-ot-gan have n_samples images, the diagnostic sets diagnostic_samples, "
+        "reconstructions are of training images, and a `floor` set (n_samples training images) shows what real "
+        "data scores with the same features.",
+    )
+    diagnostic_samples: int | None = Field(
+        None,
+        ge=2,
+        description="Images per diagnostic set (reconstructions, gaussian-fit, gaussian-noise, model-sampler) "
+        "under protocol standard; None = n_samples.",
+    )
     extractor: str = Field(
         "auto",
         description="Feature extractor: auto (domain when the data has labels, else selfsup), domain (small "

@@ -14,6 +14,15 @@ networks have seen):
 examples. :func:`held_out_split` makes the split; ``report.md`` states it. A
 dataset given by URL has no test split: :func:`held_out` then holds out the
 examples beyond the training ``limit`` (and says so in the report when there are none).
+That is ``eval.protocol: split``, the default: it fits any test split, and its figures
+are never put next to published ones.
+
+``eval.protocol: standard`` is the field's yardstick (:func:`standard_roles`): the
+*whole* test split is the reference (10,000 MNIST test images), ``ae-ot`` /
+``ae-ot-gan`` have ``eval.n_samples`` images, the diagnostic sets
+``eval.diagnostic_samples``, ``reconstructions`` are of training images (the test
+images are all reference), and the ``floor`` set, ``eval.n_samples`` training images,
+scores real data with the same features: no sampler can be expected below it.
 
 Nothing the size of the dataset passes through this process: every set is a row
 source (:mod:`vegan.metrics.sources`) made chunk by chunk where its features are
@@ -38,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -175,6 +184,70 @@ def held_out(train: ChunkedRows, data_cfg: "DataConfig", n_samples: int, client=
 
 
 @dataclass(frozen=True)
+class EvalRoles:
+    """Which rows play which part in one evaluation, under ``protocol`` (split or standard)."""
+
+    protocol: str
+    reference: DatasetRows  # compared against: FID reference, precision/recall manifold
+    reconstructed: DatasetRows  # encoded and decoded into the ``reconstructions`` set
+    n_headline: int  # images of ae-ot / ae-ot-gan; diagnostic sets have len(reconstructed)
+    n_test: int  # held-out examples available (what the report calls "loaded")
+    overlap: int = 0  # held-out rows used that equal a training row
+    train_exclude: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    floor: DatasetRows | None = None  # real training images scored like a generated set (standard only)
+
+    @property
+    def n_reference(self) -> int:
+        return len(self.reference)
+
+    def describe(self, n_train: int, extractor_info: dict | None) -> str:
+        """The protocol in words for ``report.md`` (its first line names the protocol)."""
+        from vegan.report import protocol_markdown
+
+        return protocol_markdown(self.n_headline, self.n_test, n_train, extractor_info, self.overlap,
+                                 protocol=self.protocol, n_diagnostic=len(self.reconstructed))  # fmt: skip
+
+
+def split_roles(held: HeldOut) -> EvalRoles:
+    """``eval.protocol: split``: the reference and the reconstructed images are two halves of the held-out rows."""
+    return EvalRoles("split", held.reference, held.reconstructed, held.n, held.n_test, held.overlap,
+                     held.train_exclude)  # fmt: skip
+
+
+def standard_roles(train: ChunkedRows, data_cfg: "DataConfig", eval_cfg: "EvalConfig") -> EvalRoles:
+    """``eval.protocol: standard``: the whole test split is the reference; reconstructions are of the first
+    ``diagnostic_samples`` training images and the ``floor`` set is the first ``n_samples`` (the same images
+    first, so reconstructions minus floor is what the autoencoder loses).
+
+    Needs a named dataset with a real test split (a dataset given by URL has none) and enough training rows."""
+    from vegan.data import DATASETS, load_dataset
+
+    if data_cfg.name not in DATASETS:
+        raise ValueError(
+            f"eval.protocol standard needs a named dataset with a test split ({', '.join(sorted(DATASETS))}); "
+            f"{data_cfg.name!r} has none: use eval.protocol split"
+        )
+    test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": None}))
+    n, n_diag = eval_cfg.n_samples, eval_cfg.diagnostic_samples or eval_cfg.n_samples
+    if len(train) < max(n, n_diag):
+        raise ValueError(
+            f"eval.protocol standard: the floor set needs eval.n_samples={n} training images and the "
+            f"reconstructions eval.diagnostic_samples={n_diag}; the run trains on {len(train)} (data.limit)"
+        )
+    return EvalRoles(
+        "standard", DatasetRows(test, np.arange(len(test))), DatasetRows(train, np.arange(n_diag)), n, len(test),
+        floor=DatasetRows(train, np.arange(n)),
+    )  # fmt: skip
+
+
+def eval_roles(train: ChunkedRows, data_cfg: "DataConfig", eval_cfg: "EvalConfig", client=None) -> EvalRoles:
+    """The roles ``eval.protocol`` asks for."""
+    if eval_cfg.protocol == "standard":
+        return standard_roles(train, data_cfg, eval_cfg)
+    return split_roles(held_out(train, data_cfg, eval_cfg.n_samples, client))
+
+
+@dataclass(frozen=True)
 class ExtractorChoice:
     name: str  # the registered extractor, or "grid-metrics" for vector data
     reason: str
@@ -245,14 +318,16 @@ def stage_codes(run: "Run", stage: str, limit: int | None = None) -> ZarrCodes:
     return codes
 
 
-def sample_sets(run: "Run", images: DatasetRows) -> dict[str, RowSource]:
-    """Every set of generated data this run can produce (those ``eval.sets`` names), as row sources of
-    ``len(images)`` examples; ``reconstructions`` are of ``images``, which must not be the reference.
+def sample_sets(run: "Run", images: DatasetRows, n_headline: int | None = None) -> dict[str, RowSource]:
+    """Every set of generated data this run can produce (those ``eval.sets`` names), as row sources:
+    ``ae-ot`` / ``ae-ot-gan`` of ``n_headline`` examples (default ``len(images)``), the diagnostic sets of
+    ``len(images)``; ``reconstructions`` are of ``images``, which must not be the reference.
 
     Codes are O(n x latent_dim): generated codes stay in the generate stage's Zarr store and are read
     by each chunk; Gaussian and prior codes are drawn here (a fixed sequence for a seed)."""
     cfg, keys = run.cfg, run.keys
     n, seed, shape = len(images), cfg.eval.seed, tuple(images.shape)
+    n_gen = n if n_headline is None else n_headline
     makers: dict[str, Callable[[], RowSource]] = {}
     if run.has_encoder():
         model = run.model
@@ -260,14 +335,15 @@ def sample_sets(run: "Run", images: DatasetRows) -> dict[str, RowSource]:
             model, images, digest("reconstructions", keys["ae"], images.key)
         )
         makers["ae-ot"] = lambda: Decoded(
-            model.decoder, stage_codes(run, "generate", n), shape, digest("ae-ot", keys["ae"], keys["generate"], n)
-        )
+            model.decoder, stage_codes(run, "generate", n_gen), shape,
+            digest("ae-ot", keys["ae"], keys["generate"], n_gen),
+        )  # fmt: skip
         if cfg.gan.enabled and cfg.gan.steps > 0:
             makers["ae-ot-gan"] = lambda: Decoded(
                 run.generator,
-                stage_codes(run, "generate", n),
+                stage_codes(run, "generate", n_gen),
                 shape,
-                digest("ae-ot-gan", keys["gan"], keys["generate"], n),
+                digest("ae-ot-gan", keys["gan"], keys["generate"], n_gen),
             )
         makers["gaussian-fit"] = lambda: Decoded(
             model.decoder, _gaussian_fit(*code_moments(stage_codes(run, "latents"), run.client), n, seed), shape,
@@ -332,20 +408,22 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
     cfg, client = run.cfg, run.client
     out = run.dir("eval")
     train = run.dataset
-    held = held_out(train, cfg.data, cfg.eval.n_samples, client)
-    reference = held.reference
-    sets = sample_sets(run, held.reconstructed)
+    roles = eval_roles(train, cfg.data, cfg.eval, client)
+    reference = roles.reference
+    sets = sample_sets(run, roles.reconstructed, roles.n_headline)
+    if roles.floor is not None:
+        sets = {"floor": roles.floor, **sets}
     figures: dict[str, str] = {}
     extra: dict[str, str] = {}
 
     if train.is_image:
         check_extractor(cfg.data, cfg.eval, train.labels is not None)  # a clear error before any work
         cache = run.storage.sub("cache")
-        fit = TrainingRows(train, train.labels, held.train_exclude)
+        fit = TrainingRows(train, train.labels, roles.train_exclude)
         if len(fit) < 2:  # every training example is held out too: nothing disjoint to train on
             fit = TrainingRows(train, train.labels)
         space = feature_space(cfg.eval, fit, cache=cache, client=client)
-        space.info["classifier_saw_held_out"] = len(fit) == len(train) and held.overlap > 0
+        space.info["classifier_saw_held_out"] = len(fit) == len(train) and roles.overlap > 0
         metrics = evaluate_sets(
             reference, sets, cfg.eval, cache=cache, space=space, progress=run.progress, client=client,
             resources=run.resources("eval"),
@@ -359,7 +437,7 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
             report.neighbour_grid(out, "nearest-neighbours.png", queries,
                                   nearest_training_images(train, queries, 5, client))  # fmt: skip
             figures["AE-OT samples next to their nearest training images"] = "nearest-neighbours.png"
-        protocol = report.protocol_markdown(held.n, held.n_test, len(train), space.info, held.overlap)
+        protocol = roles.describe(len(train), space.info)
         log.info("evaluation protocol:\n%s", protocol)
     else:  # vector data (the 2-D grid): O(n x 2) floats
         real = _all_rows(reference).numpy()
@@ -368,15 +446,16 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
         metrics.update({name: grid_metrics(v) for name, v in vectors.items()})
         report.plot_grid2d(out, "grid2d.png", real, vectors)
         figures["2-D grid: real and generated"] = "grid2d.png"
-        protocol = report.protocol_markdown(held.n, held.n_test, len(train), None, held.overlap)
+        protocol = roles.describe(len(train), None)
     extra["Evaluation protocol"] = protocol
 
     if run.has_encoder():
         latents = stage_codes(run, "latents")
         some = report._subsample(range(len(latents)), 5000)  # the PCA figure's points, read by index
         labels = None if train.labels is None else train.labels[torch.from_numpy(some)]
-        generated = stage_codes(run, "generate", held.n)
-        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), generated.rows(0, held.n), labels=labels)
+        generated = stage_codes(run, "generate", roles.n_headline)
+        n_shown = min(roles.n_headline, len(generated))
+        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), generated.rows(0, n_shown), labels=labels)
         figures["codes (PCA) with generated codes"] = "codes-pca.png"
         ot_info = run.manifest.done_info("ot")
         history = _ot_history(run)
@@ -394,7 +473,8 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
     return {
         "metrics": metrics,
         "report": out.uri("report.md"),
-        "n_reference": held.n,
+        "protocol": roles.protocol,
+        "n_reference": roles.n_reference,
         "extractor": space.info.get("extractor") if train.is_image else "grid-metrics",
     }
 
@@ -419,7 +499,8 @@ def make_evaluate_fn(data_cfg, eval_cfg, cache=None, progress: bool = False):
     from vegan.data import load_dataset
     from vegan.metrics import TrainingRows, evaluate_sets, feature_space, grid_metrics
 
-    test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": eval_cfg.n_samples}))
+    limit = None if eval_cfg.protocol == "standard" else eval_cfg.n_samples  # standard: the whole test split
+    test = load_dataset(data_cfg.model_copy(update={"split": "test", "limit": limit}))
     reference = DatasetRows(test, np.arange(len(test)))
     spaces: list = []  # built on the first call: the extractor trains on the training split
 

@@ -265,19 +265,45 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def protocol_markdown(n: int, n_test: int, n_train: int, extractor: Mapping[str, Any] | None, overlap: int = 0) -> str:
+def protocol_markdown(
+    n: int,
+    n_test: int,
+    n_train: int,
+    extractor: Mapping[str, Any] | None,
+    overlap: int = 0,
+    protocol: str = "split",
+    n_diagnostic: int | None = None,
+) -> str:
     """The evaluation protocol in words: which data each role uses, and which extractor and why.
 
+    ``protocol`` is ``eval.protocol``: ``split`` (reference and reconstructions are halves of the
+    held-out rows, ``n`` each) or ``standard`` (the whole test split, ``n_test`` images, is the
+    reference; headline sets have ``n`` images, diagnostic sets ``n_diagnostic``). The first line
+    names the protocol, so a reader knows at once whether a figure may sit next to a published one.
     ``extractor`` is :attr:`vegan.metrics.fidelity.FeatureSpace.info` (None for vector data);
     ``overlap`` counts held-out examples that are also training examples (a dataset without a
     separate test split), which the text then states.
     """
-    lines = [
-        f"- Reference: held-out (test split) examples 0 to {n - 1} ({n} of the {n_test} loaded).",
-        f"- `reconstructions`: decode(encode(x)) of held-out examples {n} to {2 * n - 1}: never trained on, "
-        "and not the reference images.",
-        f"- Every generated set has {n} examples.",
-    ]
+    if protocol == "standard":
+        n_diag = n if n_diagnostic is None else n_diagnostic
+        lines = [
+            f"- **Protocol: standard.** {n} generated images per headline set (`ae-ot`, `ae-ot-gan`) against all "
+            f"{n_test} test images; the `floor` set, {n} training images against the same reference, is what "
+            "real data scores with these features.",
+            f"- Diagnostic sets (`reconstructions` of training images 0 to {n_diag - 1}, `gaussian-fit`, "
+            f"`gaussian-noise`, `model-sampler`): {n_diag} images each"
+            + (" (fewer images bias FID upwards: compare them with each other, not with the headline sets)."
+               if n_diag < n else "."),
+        ]  # fmt: skip
+    else:
+        lines = [
+            "- **Protocol: split** (not the published protocol: never compare these figures with published ones; "
+            "`eval.protocol: standard` is).",
+            f"- Reference: held-out (test split) examples 0 to {n - 1} ({n} of the {n_test} loaded).",
+            f"- `reconstructions`: decode(encode(x)) of held-out examples {n} to {2 * n - 1}: never trained on, "
+            "and not the reference images.",
+            f"- Every generated set has {n} examples.",
+        ]
     if overlap:
         lines.append(
             f"- **Caution:** {overlap} of the {2 * n} held-out examples are also training examples: this dataset "

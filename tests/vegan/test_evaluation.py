@@ -37,7 +37,7 @@ def test_gaussian_fit_matches_code_statistics_streamed_over_chunks(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_scores_only_the_chosen_sets(tmp_path):
+def test_eval_scores_only_the_chosen_sets_and_the_standard_protocol(tmp_path):
     from vegan.config import load_config
     from vegan.manifest import Manifest
     from vegan.pipeline import run_pipeline
@@ -51,6 +51,23 @@ def test_eval_scores_only_the_chosen_sets(tmp_path):
     bad = load_config("tiny", overrides=SMALL + ["eval.sets=[ae-ot, vae-prior]"])
     with pytest.raises(ValueError, match=r"eval.sets.*vae-prior"):
         run_pipeline(bad, Storage(str(tmp_path)), progress=False)
+
+    # The standard protocol on the same run: only eval is recomputed (protocol is in its key alone).
+    std = load_config("tiny", overrides=SMALL + ["eval.protocol=standard", "eval.diagnostic_samples=64"])
+    out = run_pipeline(std, Storage(str(tmp_path)), progress=False)
+    assert out["ae"]["reused"] and out["generate"]["reused"] and not out["eval"]["reused"]
+    info = out["eval"]
+    assert info["protocol"] == "standard" and info["n_reference"] == 360  # all of digits' test split
+    m = info["metrics"]
+    assert {name: row["n_samples"] for name, row in m.items()} == {
+        "floor": 128, "ae-ot": 128, "ae-ot-gan": 128, "reconstructions": 64, "gaussian-fit": 64,
+        "gaussian-noise": 64,
+    }  # fmt: skip
+    assert all(row["n_reference"] == 360 for row in m.values())
+    assert m["floor"]["fid"] < m["gaussian-noise"]["fid"]  # real training images beat decoded noise
+    text = Storage(info["report"].rsplit("/", 1)[0]).read_text("report.md")
+    assert "**Protocol: standard.** 128 generated images per headline set" in text
+    assert "against all 360 test images" in text and "64 images each (fewer images bias FID upwards" in text
 
 
 # ------------------------------------------------ which data plays which role
@@ -67,6 +84,25 @@ def test_held_out_split_gives_disjoint_reference_and_reconstructed_rows(n_test, 
     assert split.n == len(ref) == len(rec) == n
     assert not ref & rec
     assert max(ref | rec) < n_test
+
+
+def test_standard_protocol_takes_the_whole_test_split_and_refuses_what_cannot_follow_it(tmp_path):
+    from vegan.data import load_dataset
+    from vegan.evaluation import standard_roles
+
+    data = DataConfig(name="digits", limit=400)
+    train = load_dataset(data)
+    roles = standard_roles(train, data, EvalConfig(protocol="standard", n_samples=300, diagnostic_samples=50))
+    assert roles.n_reference == 360 and roles.n_headline == 300  # the whole test split, not half of it
+    assert len(roles.reconstructed) == 50 and len(roles.floor) == 300
+    # training images: the test ones are all reference
+    assert roles.floor.data is train and roles.reconstructed.data is train
+    assert not _rows(roles.reference.rows(0, 360)) & _rows(roles.floor.rows(0, 300))
+    with pytest.raises(ValueError, match=r"n_samples=500 training images.*trains on 400"):
+        standard_roles(train, data, EvalConfig(protocol="standard", n_samples=500))
+    folder = DataConfig(name=str(tmp_path))
+    with pytest.raises(ValueError, match=r"named dataset with a test split.*use eval.protocol split"):
+        standard_roles(train, folder, EvalConfig(protocol="standard"))
 
 
 def test_held_out_split_needs_four_examples():

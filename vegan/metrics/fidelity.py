@@ -380,6 +380,7 @@ def compare_features(
         "density": dc["density"],
         "coverage": dc["coverage"],
         "n_samples": len(fg),
+        "n_reference": len(fr),
     }
     if space.isc_layer is not None:
         isc = isc_features_to_metric(gen[space.isc_layer], splits=min(10, len(fg)), rng_seed=cfg.seed)
@@ -406,7 +407,8 @@ def evaluate_sets(
     ``real`` and the sets are float images in [0, 1] (N, C, H, W) or, with the
     domain extractor only, vectors (N, D), as tensors or as row sources
     (:mod:`vegan.metrics.sources`: made chunk by chunk, on the workers of ``client``);
-    at most ``cfg.n_samples`` of each (the first ones) are used. ``real_hash`` must be a
+    at most ``cfg.n_samples`` of each (the first ones) are used, and of ``real`` too unless
+    ``cfg.protocol`` is ``standard`` (then all of it: the whole test split). ``real_hash`` must be a
     content hash of a tensor ``real`` (computed when omitted; a source carries its ``key``).
     The trained extractors learn from ``train`` / ``train_labels`` (see :func:`feature_space`),
     which must not contain the reference images; pass a ready ``space`` to reuse one (and
@@ -419,7 +421,8 @@ def evaluate_sets(
     if space is None:
         space = feature_space(cfg, train, train_labels, train_hash, cache, client=client)
     log.info("evaluating with %s", space.info)
-    ref_x = head(real, cfg.n_samples, keep_key=True)
+    # protocol standard: the whole reference (the test split); split: its first n_samples
+    ref_x = real if cfg.protocol == "standard" else head(real, cfg.n_samples, keep_key=True)
     ref, cached = reference_features(
         ref_x, space, f"{real.key}-n{len(ref_x)}", cache, cfg.batch_size, client, progress, resources
     )

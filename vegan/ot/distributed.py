@@ -156,7 +156,20 @@ class DaskEvaluator:
         return Tasks(self.client, self.resources, TASK_RETRIES)
 
     def _publish(self) -> None:
-        """Put the targets where the tasks will find them (once per solve, again after a loss)."""
+        """Put the targets where the tasks will find them (once per solve, again after a loss).
+
+        A worker that dies while the targets are broadcast closes its connection mid-scatter
+        (``CommClosedError``, an ``OSError``): the broadcast is redone on the workers left, as an
+        iteration is resubmitted."""
+        for attempt in range(RESUBMITS + 1):
+            try:
+                return self._publish_once()
+            except OSError as exc:
+                if attempt == RESUBMITS:
+                    raise
+                log.warning("publishing the OT targets failed (%s: %s); retrying", type(exc).__name__, exc)
+
+    def _publish_once(self) -> None:
         p = self.problem
         if self.mode == "samples":
             self.ysrc = p.rows() if p.y is None else self.client.scatter(p.y, broadcast=True, hash=False)
