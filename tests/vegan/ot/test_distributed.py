@@ -94,11 +94,14 @@ def test_killed_worker_iteration_is_retried(client, targets):
     reference = solve(targets, max_iter=40, **kw)
     out = {}
     thread = threading.Thread(target=lambda: out.update(res=solve(targets, max_iter=40, client=client, **kw)))
-    thread.start()
-    time.sleep(2.0)
     pids = client.run(os.getpid)
-    assert thread.is_alive(), "solve finished before the kill; make it longer"
-    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    thread.start()
+    busy: list[str] = []
+    while thread.is_alive() and not busy:  # kill a worker while it counts (not at a fixed time: CPUs differ)
+        busy = [w for w, tasks in client.processing().items() if any("count" in str(t) for t in tasks)]
+        time.sleep(0.005)
+    assert busy and thread.is_alive(), "solve finished before a counting task was seen; make it longer"
+    os.kill(pids[busy[0]], signal.SIGKILL)
     thread.join(timeout=240)
     assert "res" in out and out["res"].iterations == 40
     np.testing.assert_allclose(out["res"].h, reference.h, rtol=0, atol=1e-5)
