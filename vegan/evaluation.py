@@ -454,8 +454,8 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
         some = report._subsample(range(len(latents)), 5000)  # the PCA figure's points, read by index
         labels = None if train.labels is None else train.labels[torch.from_numpy(some)]
         generated = stage_codes(run, "generate", roles.n_headline)
-        n_shown = min(roles.n_headline, len(generated))
-        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), generated.rows(0, n_shown), labels=labels)
+        report.plot_codes_pca(out, "codes-pca.png", latents.take(some), generated.rows(0, len(generated)),
+                              labels=labels)  # fmt: skip
         figures["codes (PCA) with generated codes"] = "codes-pca.png"
         ot_info = run.manifest.done_info("ot")
         history = _ot_history(run)
