@@ -469,7 +469,8 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
             f"{gen_info.get('rejection_rate', float('nan')):.3f}"
         )
     extra["Run"] = f"preset/name: {cfg.name}; dataset: {cfg.data.name}; model: {cfg.ae.model}; keys: {run.keys}"
-    report.write_report(out, metrics, figures, extra)
+    report.write_report(out, metrics, figures, extra,
+                        about={"protocol": roles.protocol, "n_reference": roles.n_reference})  # fmt: skip
     return {
         "metrics": metrics,
         "report": out.uri("report.md"),

@@ -336,9 +336,15 @@ def write_report(
     figures: Mapping[str, str],
     extra_sections: Mapping[str, str] | None = None,
     title: str = "Evaluation report",
+    about: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write ``metrics.json`` and ``report.md`` (metric table, figures by relative path); return the markdown."""
-    storage.write_json("metrics.json", _json_safe(metrics))
+    """Write ``metrics.json`` and ``report.md`` (metric table, figures by relative path); return the markdown.
+
+    ``metrics.json`` is ``{**about, "sets": metrics}``: ``about`` holds what every set shares
+    (the eval stage puts the protocol name and the reference count there), so a reader of the
+    file alone knows how its figures were made.
+    """
+    storage.write_json("metrics.json", _json_safe({**(about or {}), "sets": dict(metrics)}))
     parts = [f"# {title}", "## Metrics", metrics_markdown(metrics)]
     if figures:
         parts.append("## Figures")

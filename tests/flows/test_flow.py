@@ -58,7 +58,7 @@ def test_tiny_pipeline_completes_and_writes_report(tiny_run):
     status = Manifest(st, cfg).status()
     assert {s: e["status"] for s, e in status.items()} == {s: "done" for s in status}
     eval_dir = st.sub(Manifest(st, cfg).output("eval"))
-    metrics = eval_dir.read_json("metrics.json")
+    metrics = eval_dir.read_json("metrics.json")["sets"]
     assert {"reconstructions", "ae-ot", "ae-ot-gan", "gaussian-noise"} <= set(metrics)
     for name, m in metrics.items():
         assert m["fid"] == m["fid"] and m["fid"] >= 0, name  # finite, non-negative

@@ -47,7 +47,7 @@ def test_eval_scores_only_the_chosen_sets_and_the_standard_protocol(tmp_path):
     run_pipeline(cfg, Storage(str(tmp_path)), progress=False)
     st = Storage(str(tmp_path))
     metrics = st.sub(Manifest(st, cfg).output("eval")).read_json("metrics.json")
-    assert set(metrics) == {"ae-ot", "reconstructions"}
+    assert metrics["protocol"] == "split" and set(metrics["sets"]) == {"ae-ot", "reconstructions"}
     bad = load_config("tiny", overrides=SMALL + ["eval.sets=[ae-ot, vae-prior]"])
     with pytest.raises(ValueError, match=r"eval.sets.*vae-prior"):
         run_pipeline(bad, Storage(str(tmp_path)), progress=False)
@@ -65,7 +65,11 @@ def test_eval_scores_only_the_chosen_sets_and_the_standard_protocol(tmp_path):
     }  # fmt: skip
     assert all(row["n_reference"] == 360 for row in m.values())
     assert m["floor"]["fid"] < m["gaussian-noise"]["fid"]  # real training images beat decoded noise
-    text = Storage(info["report"].rsplit("/", 1)[0]).read_text("report.md")
+    eval_dir = Storage(info["report"].rsplit("/", 1)[0])
+    on_disk = eval_dir.read_json("metrics.json")
+    assert (on_disk["protocol"], on_disk["n_reference"]) == ("standard", 360)
+    assert on_disk["sets"]["floor"]["n_samples"] == 128
+    text = eval_dir.read_text("report.md")
     assert "**Protocol: standard.** 128 generated images per headline set" in text
     assert "against all 360 test images" in text and "64 images each (fewer images bias FID upwards" in text
 

@@ -22,7 +22,7 @@ def test_tiny_pipeline_on_s3_then_rerun_reuses_everything(s3_bucket):
     status = Manifest(st, cfg).status()
     assert all(e["status"] == "done" and e["output"].startswith("s3://") for e in status.values())
     eval_dir = st.sub(Manifest(st, cfg).output("eval"))
-    assert "ae-ot" in eval_dir.read_json("metrics.json")
+    assert "ae-ot" in eval_dir.read_json("metrics.json")["sets"]
     assert eval_dir.read_bytes("samples-ae-ot.png").startswith(b"\x89PNG")
     second = run_pipeline(cfg, Storage(run_url, opts), progress=False)
     assert all(r["reused"] for r in second.values())
@@ -79,7 +79,7 @@ def test_tiny_pipeline_on_s3_with_a_local_cluster_through_eval_keeps_secrets_out
     m = Manifest(st, cfg)
     assert m.done_info("latents")["chunks_written"] == m.done_info("latents")["chunks"] > 1
     assert m.done_info("ot")["mode"] != "local" and m.done_info("eval")["cluster"].startswith("tcp://")
-    assert "ae-ot" in st.sub(m.output("eval")).read_json("metrics.json")
+    assert "ae-ot" in st.sub(m.output("eval")).read_json("metrics.json")["sets"]
     run = Run(cfg, Storage(run_url, opts), progress=False)
     gen = zarr.open_group(run.zarr_store("generate", read_only=True), mode="r")
     codes = np.asarray(gen["codes"][:])

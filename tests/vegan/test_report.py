@@ -98,16 +98,17 @@ def test_write_report_writes_markdown_and_strict_json(tmp_path):
     assert "| aeot | 4.2 |" in text and "![samples](samples.png)" in text and "## Config" in text
     assert (tmp_path / "run" / "eval" / "samples.png").is_file()  # the embedded path resolves
     loaded = json.loads(st.read_text("metrics.json"), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert loaded["aeot"]["kid_mean"] is None and loaded["grid"]["mode_counts"][12] == 10  # (0, 0) is mode 12
+    sets = loaded["sets"]
+    assert sets["aeot"]["kid_mean"] is None and sets["grid"]["mode_counts"][12] == 10  # (0, 0) is mode 12
 
 
 def test_report_on_object_storage(s3_bucket):
     url, opts = s3_bucket
     st = Storage(f"{url}/runs/r1/eval", opts)
     report.save_image_grid(st, "samples.png", torch.rand(4, 1, 8, 8))
-    report.write_report(st, {"ae": {"fid": 1.0}}, {"samples": "samples.png"})
+    report.write_report(st, {"ae": {"fid": 1.0}}, {"samples": "samples.png"}, about={"protocol": "split"})
     assert st.read_bytes("samples.png").startswith(PNG_MAGIC)
-    assert json.loads(st.read_text("metrics.json")) == {"ae": {"fid": 1.0}}
+    assert json.loads(st.read_text("metrics.json")) == {"protocol": "split", "sets": {"ae": {"fid": 1.0}}}
 
 
 def test_protocol_states_roles_extractor_and_caveats():

@@ -375,7 +375,7 @@ def write_plan(
     resources: dict | None = None,
 ) -> dict[str, Any]:
     """Create (or check) the store at ``dest`` and write every chunk not yet complete, then seal it."""
-    from tqdm.auto import tqdm
+    from vegan.progress import Progress
 
     n_chunks = math.ceil(plan.n / chunk_rows)
     group = _create_or_check(dest, storage_options, plan, chunk_rows, n_chunks)
@@ -385,7 +385,7 @@ def write_plan(
     done = np.asarray(group["complete"][:])
     todo = [c for c in range(n_chunks) if not done[c]]
     written = 0
-    with tqdm(total=len(todo), desc="ingest", unit="chunk", disable=not progress) as bar:
+    with Progress(len(todo), "ingest", enabled=progress, unit="chunk") as bar:
         if client is None:
             for c in todo:
                 lo, hi = c * chunk_rows, min(plan.n, (c + 1) * chunk_rows)

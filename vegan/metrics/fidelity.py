@@ -37,7 +37,6 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
-from tqdm.auto import tqdm
 
 from vegan.config import EvalConfig
 from vegan.device import resolve_device
@@ -47,6 +46,7 @@ from vegan.metrics.prdc import prdc
 from vegan.metrics.registry import INCEPTION_TF_OFFLINE, SELFSUP, TRAINED, choose_extractor
 from vegan.metrics.runtimes import BackendUnavailable, resolve_backend
 from vegan.metrics.sources import RowSource, TensorRows, as_source, head, tensor_hash
+from vegan.progress import track
 from vegan.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def _chunk_features(
     URL, codes, a decoder) and returns only features. Without one the same per-chunk function
     runs here.
     """
-    bar = tqdm(bounds, desc=desc, disable=not progress, leave=False)
+    bar = track(bounds, desc, enabled=progress, unit="chunk", leave=False)
     if client is None:
         for lo, hi in bar:
             yield (lo, hi), _features_of(source, lo, hi, batch_size, space.extractor)
