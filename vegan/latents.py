@@ -36,6 +36,7 @@ import zarr
 
 from vegan.data.base import ChunkedRows, Dataset, to_float
 from vegan.data.zarrset import zarr_store
+from vegan.device import resolve_device
 from vegan.digests import DIGEST, CheckedRows, add_digests, store_url, write_chunk
 from vegan.progress import Progress
 
@@ -87,11 +88,7 @@ def _load_encoder(ref: EncoderRef) -> Callable[[torch.Tensor], torch.Tensor]:
         raise LatentError(f"encoder file not found: {ref.url}") from exc
     model = build_model(AEConfig(**saved["config"]), tuple(saved["shape"]))
     model.load_state_dict(saved["state_dict"])
-    device = torch.device(
-        "cuda"
-        if ref.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if ref.device == "auto" else ref.device)
-    )
+    device = resolve_device(ref.device)
     model = model.to(device).eval()
 
     def encode(x: torch.Tensor) -> torch.Tensor:

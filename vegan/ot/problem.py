@@ -47,6 +47,7 @@ TAG_TRAIN = 0
 TAG_EVAL = 1
 TAG_CENTROIDS = 2  # generation: Monte Carlo cell centroids
 TAG_GENERATE = 3  # generation: the new samples
+TAG_HIDDEN = 4  # the solver: samples that measure how far empty cells are from taking any mass
 
 
 @dataclass(frozen=True)
