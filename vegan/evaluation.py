@@ -401,6 +401,10 @@ def nearest_training_images(train: ChunkedRows, queries: torch.Tensor, k: int, c
 
 
 # ---------------------------------------------------------------- the stage
+GRID_IMAGES = 100
+"""Images in each set's sample grid (10 x 10, the papers' figure)."""
+
+
 def evaluate_run(run: "Run") -> dict[str, Any]:
     from vegan import report
     from vegan.metrics import TrainingRows, evaluate_sets, feature_space, grid_metrics
@@ -430,7 +434,7 @@ def evaluate_run(run: "Run") -> dict[str, Any]:
         )  # fmt: skip
         for name, source in {"real": reference, **sets}.items():
             rel = f"samples-{name}.png"
-            report.save_image_grid(out, rel, source.rows(0, 64), nrow=8)
+            report.save_image_grid(out, rel, source.rows(0, min(GRID_IMAGES, len(source))), nrow=10)
             figures[f"samples: {name}"] = rel
         if "ae-ot" in sets:
             queries = sets["ae-ot"].rows(0, 8)
