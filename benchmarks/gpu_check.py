@@ -255,6 +255,9 @@ class DeadlineEvaluator:
             self.samples += len(slices) * slice_size
         return Counts.concat(parts, self.inner.y.shape[0])
 
+    def deficits(self, h, cells, iteration):
+        return self.inner.deficits(h, cells, iteration)
+
 
 def section_ot_solve(ctx: Context, fig: dict) -> None:
     from vegan.ot.problem import make_problem

@@ -16,7 +16,12 @@ import torch
 
 from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
-from vegan.ot.problem import OTProblem, Sampling, sample_slice
+from vegan.ot.problem import TAG_HIDDEN, OTProblem, Sampling, sample_slice
+
+HIDDEN_SAMPLES = 16384
+"""Source points that measure the empty cells' deficits (:func:`cell_deficits`)."""
+BLOCK_ROWS = 65536
+"""Targets scored at a time by :func:`best_scores`."""
 
 
 @dataclass
@@ -48,6 +53,47 @@ class Evaluator(Protocol):
     def describe(self) -> dict:
         """``mode`` (``local``, ``samples`` or ``targets``), ``shards`` (target shards) and ``workers``."""
         ...
+
+    def deficits(self, h: np.ndarray, cells: np.ndarray, iteration: int) -> np.ndarray:
+        """:func:`cell_deficits` of ``cells`` (sorted indices), wherever the targets are."""
+        ...
+
+
+def hidden_samples(d: int, sampling: Sampling, iteration: int, device) -> torch.Tensor:
+    return sample_slice(d, HIDDEN_SAMPLES, sampling, tag=TAG_HIDDEN, iteration=iteration, index=0, device=device)
+
+
+def best_scores(y: torch.Tensor, h: np.ndarray, x: torch.Tensor, precision) -> torch.Tensor:
+    """``u_h(x) = max_i <x, y_i> + h_i`` (float64) over the rows of ``y``, a block of rows at a time."""
+    best = torch.full((len(x),), -torch.inf, dtype=torch.float64, device=y.device)
+    for lo in range(0, y.shape[0], BLOCK_ROWS):
+        yb = y[lo : lo + BLOCK_ROWS]
+        hb = torch.as_tensor(h[lo : lo + len(yb)], dtype=torch.float32, device=y.device)
+        part = assign_counts(x, yb, hb, precision=precision, want_idx=False).max_scores
+        best = torch.maximum(best, part.double())
+    return best
+
+
+def cell_gaps(y: torch.Tensor, h: np.ndarray, cells: np.ndarray, x: torch.Tensor, best: torch.Tensor) -> np.ndarray:
+    """``min_x best(x) - (<x, y_i> + h_i)`` for each of ``cells`` (rows of ``y``), clamped at 0."""
+    idx = torch.as_tensor(cells, dtype=torch.int64, device=y.device)
+    own_y, own_h = y[idx], torch.as_tensor(h[cells], dtype=torch.float32, device=y.device)
+    gap = torch.full((len(cells),), torch.inf, dtype=torch.float64, device=y.device)
+    for lo in range(0, len(x), 1024):  # (1024 x |cells|) scores at a time
+        own = x[lo : lo + 1024] @ own_y.T + own_h
+        gap = torch.minimum(gap, (best[lo : lo + 1024, None] - own.double()).min(dim=0).values)
+    return gap.clamp_min(0).cpu().numpy()
+
+
+def cell_deficits(y: torch.Tensor, h: np.ndarray, cells: np.ndarray, sampling: Sampling, iteration: int) -> np.ndarray:
+    """How much each of ``cells`` (empty ones) must raise its ``h`` to take a source point.
+
+    ``min_x u_h(x) - (<x, y_i> + h_i)`` over ``HIDDEN_SAMPLES`` fresh points (tag HIDDEN): the gap
+    between the cell's score and the winning one where it comes closest. The solver's rule for
+    empty cells (:meth:`vegan.ot.solver.NewtonSolver.step`) is built on it.
+    """
+    x = hidden_samples(y.shape[1], sampling, iteration, y.device)
+    return cell_gaps(y, h, cells, x, best_scores(y, h, x, sampling.precision))
 
 
 def count_slices(
@@ -100,6 +146,9 @@ class LocalEvaluator:
             slice_size=slice_size,
             margin=margin,
         )
+
+    def deficits(self, h: np.ndarray, cells: np.ndarray, iteration: int) -> np.ndarray:
+        return cell_deficits(self.y, h, cells, self.sampling, iteration)
 
     def describe(self) -> dict:
         """Where the counting ran (recorded in :attr:`vegan.ot.solver.OTResult.execution`)."""

@@ -33,7 +33,7 @@ import torch
 from vegan.cluster import Tasks
 from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
-from vegan.ot.counting import Counts, count_slices
+from vegan.ot.counting import Counts, best_scores, cell_deficits, cell_gaps, count_slices, hidden_samples
 from vegan.ot.problem import OTProblem, Sampling, sample_slice
 from vegan.ot.targets import load_rows
 
@@ -104,6 +104,28 @@ def _shard_task(yshard, offset, h, n_slices, *, sampling: Sampling, tag, iterati
         out[2].extend(np.full(len(b), -np.inf) for b in out[0])
         out[3].extend(np.full(len(b), -1, dtype=np.int32) for b in out[0])
     return tuple(np.concatenate(part) for part in out)
+
+
+def _deficit_task(ysrc, h, cells, *, sampling: Sampling, iteration, device):
+    """Mode samples: every worker holds all targets, so one task does what the local evaluator does."""
+    _worker_setup()
+    return cell_deficits(_targets_on_worker(ysrc, device), h, cells, sampling, iteration)
+
+
+def _best_task(yshard, h, *, sampling: Sampling, iteration, device):
+    """Mode targets, first round: the hidden samples' best score against one shard."""
+    _worker_setup()
+    y = _targets_on_worker(yshard, device)
+    x = hidden_samples(y.shape[1], sampling, iteration, y.device)
+    return best_scores(y, h, x, sampling.precision).cpu().numpy()
+
+
+def _gap_task(yshard, h, cells, best, *, sampling: Sampling, iteration, device):
+    """Mode targets, second round: the deficits of the shard's own ``cells`` against the global best."""
+    _worker_setup()
+    y = _targets_on_worker(yshard, device)
+    x = hidden_samples(y.shape[1], sampling, iteration, y.device)
+    return cell_gaps(y, h, cells, x, torch.from_numpy(best).to(y.device))
 
 
 def _merge_task(lo, hi):
@@ -217,6 +239,26 @@ class DaskEvaluator:
         near = (sec_i >= 0) & (best - sec_v < margin) if margin > 0 else np.zeros(len(idx), dtype=bool)
         return Counts(counts, sums, np.stack([idx[near], sec_i[near]]).astype(np.int32))
 
+    def _deficits(self, h, cells, iteration):
+        tasks = self._tasks()
+        kw = dict(sampling=self.problem.sampling, iteration=iteration, device=self.device)
+        if self.mode == "samples":
+            return tasks.gather([tasks.submit(_deficit_task, self.ysrc, h, cells, **kw)])[0]
+        spans = [(a, a + len_) for (a, _), len_ in zip(self.shards, self._shard_lengths())]
+        firsts = [tasks.submit(_best_task, ys, h[a:b], worker=i, **kw) for i, ((_, ys), (a, b)) in
+                  enumerate(zip(self.shards, spans))]  # fmt: skip
+        best = np.maximum.reduce(tasks.gather(firsts))
+        gaps = [
+            tasks.submit(_gap_task, ys, h[a:b], cells[(cells >= a) & (cells < b)] - a, best, worker=i, **kw)
+            for i, ((_, ys), (a, b)) in enumerate(zip(self.shards, spans))
+            if ((cells >= a) & (cells < b)).any()
+        ]
+        return np.concatenate(tasks.gather(gaps))  # shards in order: the cells' order
+
+    def deficits(self, h: np.ndarray, cells: np.ndarray, iteration: int) -> np.ndarray:
+        """:func:`vegan.ot.counting.cell_deficits` on the workers (the driver never reads the codes)."""
+        return self._retry(self._deficits, f"OT iteration {iteration}'s empty-cell deficits", h, cells, iteration)
+
     def _shard_lengths(self) -> list[int]:
         starts = [a for a, _ in self.shards] + [self.problem.n]
         return [b - a for a, b in zip(starts[:-1], starts[1:])]
@@ -225,15 +267,17 @@ class DaskEvaluator:
         self, h: np.ndarray, tag: int, iteration: int, n_slices: int, slice_size: int, margin: float = 0.0
     ) -> Counts:
         run = self._samples if self.mode == "samples" else self._targets
+        return self._retry(run, f"OT iteration {iteration}", h, tag, iteration, n_slices, slice_size, margin)
+
+    def _retry(self, fn, what: str, *args):
+        """``fn(*args)``, resubmitted (targets published again) up to RESUBMITS times when the cluster fails it."""
         for attempt in range(RESUBMITS + 1):
             try:
-                return run(h, tag, iteration, n_slices, slice_size, margin)
+                return fn(*args)
             except Exception as exc:
                 if attempt == RESUBMITS:
                     raise
-                log.warning(
-                    "OT iteration %d failed on the cluster (%s: %s); resubmitting", iteration, type(exc).__name__, exc
-                )
+                log.warning("%s failed on the cluster (%s: %s); resubmitting", what, type(exc).__name__, exc)
                 self._publish()
         raise AssertionError("unreachable")
 

@@ -51,7 +51,7 @@ import torch
 
 from vegan.checkpoint import CheckpointDir
 from vegan.ot.counting import Evaluator
-from vegan.ot.problem import TAG_EVAL, TAG_HIDDEN, TAG_TRAIN, OTProblem, sample_slice, scale_targets, slice_size_for
+from vegan.ot.problem import TAG_EVAL, TAG_TRAIN, OTProblem, scale_targets, slice_size_for
 from vegan.progress import Progress
 from vegan.storage import Storage
 
@@ -69,8 +69,6 @@ FIRST_DAMPING = 0.125
 FIRST_PER_CODE = 16
 # A cell's sampled degree is trusted from this many (pooled) near-tie pairs on.
 MIN_PAIRS = 8
-# Source points that measure the empty cells' deficits (:func:`hidden_deficits`).
-HIDDEN_SAMPLES = 16384
 # The error a report-only check (a solve stopped by max_iter) resolves, at the finest.
 REPORT_TOL = 0.25
 
@@ -166,45 +164,6 @@ def check(problem: OTProblem, h: np.ndarray, evaluate: Evaluator, n_samples: int
     """The marginal error of ``h`` on a FRESH sample set (tag EVAL, never used for training)."""
     size, k = round_up(n_samples)
     return marginal_error(problem, evaluate(h, TAG_EVAL, iteration, k, size).counts, k * size, iteration)
-
-
-def _target_blocks(problem: OTProblem, rows: int = 65536):
-    """``(lo, scaled codes lo..lo+rows)`` in order, from memory or read block by block from the store
-    (the same float32 rows either way, so the result does not depend on where the codes are)."""
-    from vegan.ot.targets import load_rows
-
-    for lo in range(0, problem.n, rows):
-        hi = min(problem.n, lo + rows)
-        yield lo, torch.from_numpy(problem.y[lo:hi]) if problem.y is not None else load_rows(problem.rows(lo, hi))
-
-
-def hidden_deficits(problem: OTProblem, h: np.ndarray, cells: np.ndarray, iteration: int) -> np.ndarray:
-    """How much each of ``cells`` (empty ones) must raise its ``h`` to take a source point.
-
-    ``min_x u_h(x) - (<x, y_i> + h_i)`` over ``HIDDEN_SAMPLES`` fresh points (tag HIDDEN): the gap
-    between the cell's score and the winning one where it comes closest. An empty cell's
-    gradient is exactly ``-nu_i``, but the sampled Hessian knows nothing of it (no sample,
-    no near-tie pair), so the Newton step moves it by ``nu_i`` over a floored degree: far too
-    little for a cell buried under its neighbours (codes inside a tight cluster), which
-    then stays empty for hundreds of iterations. Runs here, a block of codes at a time.
-    """
-    from vegan.ot.assign import assign_counts
-
-    x = sample_slice(problem.d, HIDDEN_SAMPLES, problem.sampling, tag=TAG_HIDDEN, iteration=iteration, index=0)
-    best = torch.full((len(x),), -math.inf, dtype=torch.float64)
-    own_y = torch.empty(len(cells), problem.d)
-    for lo, yb in _target_blocks(problem):
-        hb = torch.as_tensor(h[lo : lo + len(yb)], dtype=torch.float32)
-        part = assign_counts(x, yb, hb, precision=problem.sampling.precision, want_idx=False).max_scores
-        best = torch.maximum(best, part.double())
-        inside = (cells >= lo) & (cells < lo + len(yb))
-        own_y[torch.from_numpy(inside)] = yb[torch.from_numpy(cells[inside] - lo)]
-    own_h = torch.as_tensor(h[cells], dtype=torch.float32)
-    gap = torch.full((len(cells),), math.inf, dtype=torch.float64)
-    for lo in range(0, len(x), 1024):  # (1024 x |cells|) scores at a time
-        own = x[lo : lo + 1024] @ own_y.T + own_h
-        gap = torch.minimum(gap, (best[lo : lo + 1024, None] - own.double()).min(dim=0).values)
-    return gap.clamp_min(0).numpy()
 
 
 def pool_pairs(
@@ -458,10 +417,13 @@ class NewtonSolver:
             doubling = noisy and state.n_samples < cap
             s.damping = state.damping if retried or doubling else min(1.0, 2 * state.damping)
             if empty.any():
-                # Empty cells: the jump that makes each take its nearest source points (its deficit
-                # plus one near-tie margin) on top of the Newton step, at the damping this step is taken at.
+                # Empty cells: an empty cell's gradient is exactly -nu_i, but the sampled Hessian has no
+                # pair for it, so the Newton step alone moves it by nu_i over a floored degree: a cell
+                # buried inside a tight cluster then stays empty for hundreds of iterations. On top of
+                # the Newton step it jumps by its measured deficit (vegan.ot.counting.cell_deficits)
+                # plus one near-tie margin, at the damping this step is taken at.
                 cells = np.flatnonzero(empty)
-                jump = hidden_deficits(problem, state.h, cells, it) + state.margin
+                jump = evaluate.deficits(state.h, cells, it) + state.margin
                 delta[cells] -= jump / s.damping
             if doubling:
                 s.n_samples = min(cap, 2 * state.n_samples)

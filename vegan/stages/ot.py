@@ -51,6 +51,6 @@ STAGE = Stage(
     # version 4: the default first batch is 16 samples per code, not 64 (a different trajectory).
     # version 5: the damping is kept, not doubled, when the batch doubles at the noise floor.
     # version 6: codes of dimension 1 are solved exactly (interval cells, vegan.ot.exact1d).
-    # version 7: empty cells jump by their measured deficit (vegan.ot.solver.hidden_deficits).
+    # version 7: empty cells jump by their measured deficit (vegan.ot.counting.cell_deficits).
     version=7,
 )
