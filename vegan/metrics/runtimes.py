@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vegan.signals import keep_signal_stack
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
@@ -148,18 +150,21 @@ def make_runner(
         # wait for each other's descheduled threads (a one-stream, two-thread run does, per layer).
         config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
                   "PERFORMANCE_HINT": "THROUGHPUT"}  # fmt: skip
-        compiled = ov.Core().compile_model(str(xml), "CPU", config)
-        requests = [compiled.create_infer_request() for _ in range(streams)]
+        # keep_signal_stack: OpenVINO leaves a dangling alternate signal stack behind (vegan.signals).
+        with keep_signal_stack():
+            compiled = ov.Core().compile_model(str(xml), "CPU", config)
+            requests = [compiled.create_infer_request() for _ in range(streams)]
 
         def run(x: torch.Tensor) -> torch.Tensor:
             x = np.ascontiguousarray(x.numpy(), dtype=np.float32)
             parts = np.array_split(x, min(len(requests), len(x)))
-            for request, part in zip(requests, parts, strict=False):
-                request.start_async([part])
             outs = []
-            for request, _ in zip(requests, parts, strict=False):
-                request.wait()
-                outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+            with keep_signal_stack():
+                for request, part in zip(requests, parts, strict=False):
+                    request.start_async([part])
+                for request, _ in zip(requests, parts, strict=False):
+                    request.wait()
+                    outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
             return torch.from_numpy(np.concatenate(outs))
 
         return run
