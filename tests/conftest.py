@@ -116,3 +116,22 @@ def s3_bucket(s3_endpoint):
     name = f"vegan-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}", {"endpoint_url": s3_endpoint}
+
+
+@pytest.fixture
+def benchmark_script():
+    """``load(name)``: ``benchmarks/<name>.py`` imported as a module, registered in ``sys.modules``
+    (dataclasses look their module up while the class is made)."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

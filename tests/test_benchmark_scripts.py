@@ -1,23 +1,12 @@
 """The benchmark scripts whose figures the docs quote still run, at a tiny size."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_ot_tolerance_study_solves_each_tolerance_from_the_last(tmp_path):
+def test_ot_tolerance_study_solves_each_tolerance_from_the_last(tmp_path, benchmark_script):
     """A real tiny run (ae and latents), then the study: each tolerance verified, loosest first."""
     from vegan.config import load_config
     from vegan.pipeline import run_pipeline
@@ -29,7 +18,7 @@ def test_ot_tolerance_study_solves_each_tolerance_from_the_last(tmp_path):
             "--subset", "300", "--json", str(out), "--png", str(png), "--quiet"]  # fmt: skip
     for o in overrides:
         args += ["--set", o]
-    assert _script("ot_tolerance").main(args) == 0
+    assert benchmark_script("ot_tolerance").main(args) == 0
     table = json.loads(out.read_text())
     assert table["n_codes"] == 300 and [r["tol"] for r in table["rows"]] == [1.0, 0.5]
     for r in table["rows"]:
@@ -37,4 +26,4 @@ def test_ot_tolerance_study_solves_each_tolerance_from_the_last(tmp_path):
         assert r["fid"] == r["fid"] and r["fid"] >= 0
     assert png.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="--subset"):
-        _script("ot_tolerance").main([*args, "--subset", "100000"])  # the last --subset wins
+        benchmark_script("ot_tolerance").main([*args, "--subset", "100000"])  # the last --subset wins

@@ -4,10 +4,8 @@ The device run itself needs a GPU; this keeps its code paths (all but the CUDA k
 working between device runs, at tiny sizes.
 """
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,14 +25,6 @@ EXPECTED = {
 }  # fmt: skip
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
 def _get(figures: dict, dotted: str):
     for part in dotted.split("."):
         figures = figures[part]
@@ -42,10 +32,10 @@ def _get(figures: dict, dotted: str):
 
 
 @pytest.mark.slow
-def test_dry_run_reports_every_section(tmp_path, monkeypatch, capsys):
+def test_dry_run_reports_every_section(tmp_path, monkeypatch, capsys, benchmark_script):
     # No TF-Inception weights, as on the device: the stand-in Inception path runs.
     monkeypatch.setenv("VEGAN_INCEPTION_PATH", str(tmp_path / "no-such-weights.pt"))
-    assert _script().main(["--dry-run", "--out", str(tmp_path)]) == 0
+    assert benchmark_script("gpu_check").main(["--dry-run", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     md = (tmp_path / "gpu_check.md").read_text()
     assert md.startswith("# GPU check: **DRY RUN (CPU)**") and md in capsys.readouterr().out
@@ -68,13 +58,13 @@ def test_dry_run_reports_every_section(tmp_path, monkeypatch, capsys):
     assert all(mixed[p][f] for p in ("float32", "bf16") for f in ("ae_finite", "gan_finite"))
 
 
-def test_without_cuda_one_line_error(tmp_path, capsys):
+def test_without_cuda_one_line_error(tmp_path, capsys, benchmark_script):
     pytest.importorskip("torch")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert _script().main(["--out", str(tmp_path)]) == 2
+    assert benchmark_script("gpu_check").main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no CUDA device" in err and "--dry-run" in err
     assert not (tmp_path / "gpu_check.json").exists()
