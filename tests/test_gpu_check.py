@@ -6,11 +6,8 @@ working between device runs, at tiny sizes.
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
     "kernel": ["peak_gflops.float32", "peak_gflops.screened", "peak_gflops.bf16", "float32.gflops",
