@@ -1,4 +1,4 @@
-"""Make Python's signal handler safe to run once AMX is on (a process-wide fix done at import).
+"""Keep Python's signal handler safe to run after AMX use and after OpenVINO calls.
 
 On CPUs with AMX, the first AMX use (OpenVINO's compiled Inception, oneDNN's bf16 kernels)
 enlarges every thread's saved register state. glibc's lazy symbol binding then runs inside
@@ -13,8 +13,9 @@ is still small; later signals take the bound path. ``import vegan`` calls it onc
 
 A second way to the same crash, seen on an AMD EPYC (Zen 4, no AMX) where the fix above did
 not help: OpenVINO's CPU plugin gives the calling thread its own alternate signal stack
-(11,568 bytes) and leaves it registered after the memory behind it is gone, so the kernel
-faults while writing the next signal's frame. :func:`keep_signal_stack` puts the thread's
+(11,568 bytes, where faulthandler's was 16,880) and leaves it registered; the next signal
+then died with SIGSEGV as it was delivered (gdb: in ``raise`` itself, before any handler ran).
+:func:`keep_signal_stack` puts the thread's
 alternate stack back after each OpenVINO call (vegan.metrics.runtimes).
 """
 
