@@ -1,19 +1,22 @@
 """Robustness family of ``vegan.ot.solve`` with its defaults (issue 23): converged / iterations / seconds / error.
 
     .venv/bin/python benchmarks/ot_family.py [--dims 1,2,3,8] [--ns 300,1000] [--ns-1d 300,20000]
-        [--tol 0.05] [--budget-iter 300] [--threads 1] [--json]
+        [--tol 0.05] [--budget-iter 300] [--threads 1] [--method auto|sampled] [--json]
 
 Cases: every ``d`` in ``--dims`` x codes (``uniform`` in the unit cube, ``gap``: two
 tight clusters at -3 and +3 along every axis, spread 0.1) x weights (``uniform``, and
 ``1:6``: drawn in [1, 6]) x ``n``. Each is solved by ``vegan.ot.solve(y, nu, tol=...)``
-with defaults (``max_iter`` from ``--budget-iter``, default 300 as in OTConfig).
+with defaults (``max_iter`` from ``--budget-iter``, default 300 as in OTConfig);
+``--method sampled`` forces the Monte Carlo solver in 2-D (the default there is exact cells).
 
 The reported error is measured here, independently of the solver:
 
 * d = 1: exact, from the interval cells of the returned ``h``
   (:func:`vegan.ot.exact1d.interval_masses`);
-* d = 2: a regular grid of ``--grid``^2 cell midpoints on the square (deterministic
-  quadrature; its own error is about a grid step times a cell's perimeter over its area);
+* d = 2: exact, from the polygon cells of the returned ``h`` on the float32 codes the kernel
+  scores (:func:`vegan.ot.exact2d.cells`, recomputed here), and beside it the kernel's own
+  assignment of a regular grid of ``--grid``^2 cell midpoints (deterministic quadrature; its
+  own error is about a grid step times a cell's perimeter over its area, large on sliver cells);
 * d >= 3: i.i.d. uniform points (seed 12345, never used by the solver), as many as
   ``benchmarks/ot_solve.py``'s shared check uses for a noise of ``--check-noise`` on the max.
 
@@ -34,6 +37,7 @@ import torch
 from vegan.ot import make_problem, solve
 from vegan.ot.assign import assign_counts
 from vegan.ot.exact1d import interval_masses
+from vegan.ot.exact2d import cells
 from vegan.ot.solver import noise_z
 
 CHECK_SEED = 12345
@@ -58,33 +62,41 @@ def make_case(codes: str, weights: str, n: int, d: int, seed: int = 0) -> tuple[
     return y, nu / nu.sum()
 
 
+def kernel_grid_masses(z: np.ndarray, h: np.ndarray, grid: int) -> np.ndarray:
+    """The kernel's cell masses on a ``grid`` x ``grid`` midpoint grid of the square."""
+    yt, ht = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(h)
+    counts = torch.zeros(len(z), dtype=torch.float64)
+    g = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
+    for lo in range(0, grid, 256):
+        gx, gy = torch.meshgrid(g[lo : lo + 256], g, indexing="ij")
+        counts += assign_counts(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1), yt, ht).counts.to(torch.float64)
+    return counts.numpy() / grid**2
+
+
 def verify(res, y: np.ndarray, nu: np.ndarray, grid: int, noise: float) -> tuple[dict, str]:
     z = res.scale_codes(y)
     n, d = z.shape
+    extra = {}
     if d == 1:
         w = interval_masses(z[:, 0], res.h)
         how = "exact"
+    elif d == 2:
+        w = cells(z.astype(np.float32).astype(np.float64), res.h)[0]
+        how = "exact polygons"
+        extra["grid_max"] = float((np.abs(kernel_grid_masses(z, res.h, grid) - nu) / nu).max())
     else:
         yt, ht = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(res.h)
         counts = torch.zeros(n, dtype=torch.float64)
-        if d == 2:
-            g = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
-            total, how = grid * grid, f"grid {grid}^2"
-            for lo in range(0, grid, 256):
-                gx, gy = torch.meshgrid(g[lo : lo + 256], g, indexing="ij")
-                x = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-                counts += assign_counts(x, yt, ht).counts.to(torch.float64)
-        else:
-            q = float(((1 - nu) / nu).max())
-            total = int(math.ceil(noise_z(n) ** 2 * q / noise**2))
-            how = f"{total:.2g} iid"
-            gen = torch.Generator().manual_seed(CHECK_SEED)
-            for lo in range(0, total, 1 << 16):
-                x = torch.rand(min(1 << 16, total - lo), d, generator=gen) * 2 - 1
-                counts += assign_counts(x, yt, ht).counts.to(torch.float64)
+        q = float(((1 - nu) / nu).max())
+        total = int(math.ceil(noise_z(n) ** 2 * q / noise**2))
+        how = f"{total:.2g} iid"
+        gen = torch.Generator().manual_seed(CHECK_SEED)
+        for lo in range(0, total, 1 << 16):
+            x = torch.rand(min(1 << 16, total - lo), d, generator=gen) * 2 - 1
+            counts += assign_counts(x, yt, ht).counts.to(torch.float64)
         w = counts.numpy() / total
     err = np.abs(w - nu)
-    return {"max": float((err / nu).max()), "l1": float(err.sum()), "empty": int((w == 0).sum())}, how
+    return {"max": float((err / nu).max()), "l1": float(err.sum()), "empty": int((w == 0).sum()), **extra}, how
 
 
 def main() -> None:
@@ -97,6 +109,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=2048)
     ap.add_argument("--check-noise", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--method", default="auto", choices=["auto", "sampled"], help="OTConfig.method")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -109,7 +122,7 @@ def main() -> None:
                 for weights in ("uniform", "1:6"):
                     y, nu = make_case(codes, weights, n, d)
                     t0 = time.perf_counter()
-                    res = solve(y, nu, tol=args.tol, max_iter=args.budget_iter, progress=False)
+                    res = solve(y, nu, tol=args.tol, max_iter=args.budget_iter, progress=False, method=args.method)
                     secs = time.perf_counter() - t0
                     ver, how = verify(res, y, nu, args.grid, args.check_noise)
                     row = {
@@ -117,6 +130,7 @@ def main() -> None:
                         "n": n,
                         "codes": codes,
                         "weights": weights,
+                        "method": res.execution.get("mode", args.method),
                         "converged": bool(res.converged),
                         "iterations": res.iterations,
                         "seconds": round(secs, 2),
@@ -124,13 +138,15 @@ def main() -> None:
                         "max": ver["max"],
                         "l1": ver["l1"],
                         "empty": ver["empty"],
+                        "grid_max": ver.get("grid_max"),
                         "check": how,
                     }
                     rows.append(row)
                     print(
                         f"d={d:<4d} n={n:<6d} {codes:8s} w={weights:8s} conv={row['converged']!s:5s} "
                         f"it={row['iterations']:<4d} {secs:8.2f}s  own max {row['own_max']:.3g}  "
-                        f"verified max {ver['max']:.3g} l1 {ver['l1']:.3g} empty {ver['empty']} ({how})",
+                        f"verified max {ver['max']:.3g} l1 {ver['l1']:.3g} empty {ver['empty']} ({how})"
+                        + (f" kernel grid max {ver['grid_max']:.3g}" if "grid_max" in ver else ""),
                         flush=True,
                     )
     if args.json:

@@ -15,8 +15,10 @@ from vegan.checkpoint import CheckpointDir
 from vegan.config import OTConfig
 from vegan.ot.counting import LocalEvaluator
 from vegan.ot.exact1d import exact_potential, marginal_error_exact
+from vegan.ot.exact2d import exact_potential_2d, marginal_error_exact_2d
 from vegan.ot.problem import OTProblem, Sampling, make_problem
 from vegan.ot.solver import NewtonSolver, OTResult, run
+from vegan.progress import Progress
 
 
 def resolve_config(config: OTConfig | None, overrides: dict[str, Any]) -> OTConfig:
@@ -78,6 +80,38 @@ def solve_exact_1d(problem: OTProblem, tol: float) -> OTResult:
     )
 
 
+def solve_exact_2d(problem: OTProblem, cfg: OTConfig, progress: bool = False) -> OTResult:
+    """Damped Newton on exact Laguerre cells in the square (see :mod:`vegan.ot.exact2d`), checked by
+    recomputing the cells of the returned ``h``. Each iteration is cheap enough that no checkpoint is kept."""
+    y = problem.targets().numpy().astype(np.float64)  # the float32 codes the kernel will score
+    bar = Progress(cfg.max_iter, "OT solve (exact 2-D)", enabled=progress)
+
+    def tick(record: dict) -> None:
+        bar.set_postfix({"max_err": f"{record['max_rel_error']:.3g}"}, refresh=False)
+        bar.update(1)
+
+    try:
+        h, history, reason = exact_potential_2d(y, problem.nu, cfg.tol, cfg.max_iter, on_iteration=tick)
+    finally:
+        bar.close()
+    ev = marginal_error_exact_2d(y, h, problem.nu)
+    converged = reason is None and ev["max"] <= cfg.tol
+    if not converged:
+        history.append({"iteration": len(history), "exact": True, "reason": reason or "rounding of the cells"})
+    return OTResult(
+        h=h,
+        center=problem.center.copy(),
+        scale=problem.scale,
+        source=problem.source,
+        nu=problem.nu if not problem.nu.flags.writeable else problem.nu.copy(),
+        history=history,
+        converged=converged,
+        iterations=len([r for r in history if "max_rel_error" in r]),
+        marginal_error=ev,
+        execution={"mode": "exact-2d", "shards": None, "workers": None},
+    )
+
+
 def solve(
     y: Any,
     nu: Any = None,
@@ -93,8 +127,11 @@ def solve(
     with a ``client`` the workers then compute the scaling and count cells from the store
     and this process holds O(n) floats (h, weights, solver state), never the codes.
 
-    Codes of dimension 1 are solved exactly (interval cells, :mod:`vegan.ot.exact1d`):
-    no sampling, no iterations to resume, the error measured from exact cell masses.
+    With ``method="auto"`` (the default), codes of dimension 1 are solved exactly (interval
+    cells, :mod:`vegan.ot.exact1d`), and codes of dimension 2 with the cube source by damped
+    Newton on exact polygon cells (:mod:`vegan.ot.exact2d`): no sampling, the error measured
+    from exact cell masses, no checkpoints (a solve is seconds). ``method="sampled"`` forces the
+    Monte Carlo solver in 2-D (1-D is always exact).
 
     Resumes from the newest checkpoint in ``checkpoints`` (of the same problem),
     checkpoints every ``checkpoint_every`` iterations and at the end, and stops
@@ -106,6 +143,8 @@ def solve(
     problem = make_problem(y, nu, sampling_from_config(cfg), Tasks(client))
     if problem.d == 1:
         return solve_exact_1d(problem, cfg.tol)
+    if problem.d == 2 and problem.source == "cube" and cfg.method == "auto":
+        return solve_exact_2d(problem, cfg, progress)
     evaluate = make_evaluator(problem, cfg, client)
     try:
         res = run(solver_from_config(cfg), problem, evaluate, checkpoints, cfg.checkpoint_every, progress)

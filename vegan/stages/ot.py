@@ -52,5 +52,6 @@ STAGE = Stage(
     # version 5: the damping is kept, not doubled, when the batch doubles at the noise floor.
     # version 6: codes of dimension 1 are solved exactly (interval cells, vegan.ot.exact1d).
     # version 7: empty cells jump by their measured deficit (vegan.ot.counting.cell_deficits).
-    version=7,
+    # version 8: 2-D codes with the cube source are solved on exact cells (vegan.ot.exact2d).
+    version=8,
 )

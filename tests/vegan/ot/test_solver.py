@@ -15,6 +15,7 @@ from vegan.ot.solver import SPLIT, SolverState, newton_direction, noise_z, pool_
 from vegan.storage import Storage
 
 FAST = dict(progress=False)
+SAMPLED = dict(progress=False, method="sampled")  # 2-D codes otherwise get the exact solver (vegan.ot.exact2d)
 
 
 def _quadrature_areas(res: OTResult, y: np.ndarray, m: int = 800) -> np.ndarray:
@@ -25,11 +26,12 @@ def _quadrature_areas(res: OTResult, y: np.ndarray, m: int = 800) -> np.ndarray:
     return np.bincount((grid @ ys.T + res.h).argmax(1), minlength=len(y)) / len(grid)
 
 
+@pytest.mark.parametrize("method,mode", [("auto", "exact-2d"), ("sampled", "local")])
 @pytest.mark.parametrize("nu", [None, np.array([0.05, 0.1, 0.15, 0.2, 0.2, 0.3])], ids=["uniform", "weighted"])
-def test_2d_cells_have_requested_areas(nu):
+def test_2d_cells_have_requested_areas(nu, method, mode):
     y = np.random.default_rng(0).normal(size=(6, 2))
-    res = solve(y, nu, tol=0.03, max_iter=100, **FAST)
-    assert res.converged and res.marginal_error["max"] <= 0.03
+    res = solve(y, nu, tol=0.03, max_iter=100, progress=False, method=method)
+    assert res.converged and res.marginal_error["max"] <= 0.03 and res.execution["mode"] == mode
     target = np.full(6, 1 / 6) if nu is None else nu
     areas = _quadrature_areas(res, y)
     assert (np.abs(areas - target) / target).max() < 0.06
@@ -69,14 +71,14 @@ def test_resume_gives_the_uninterrupted_trajectory(tmp_path):
 
 def test_resume_refuses_another_problems_checkpoints(tmp_path):
     ckpt = CheckpointDir(Storage(str(tmp_path / "ot")))
-    solve(np.random.default_rng(3).normal(size=(10, 2)), max_iter=3, checkpoints=ckpt, **FAST)
+    solve(np.random.default_rng(3).normal(size=(10, 2)), max_iter=3, checkpoints=ckpt, **SAMPLED)
     with pytest.raises(ValueError, match="another OT problem"):
-        solve(np.random.default_rng(4).normal(size=(10, 2)), max_iter=3, checkpoints=ckpt, **FAST)
+        solve(np.random.default_rng(4).normal(size=(10, 2)), max_iter=3, checkpoints=ckpt, **SAMPLED)
 
 
 def test_sample_growth_is_capped():
     y = np.random.default_rng(5).normal(size=(20, 2))
-    res = solve(y, max_iter=40, tol=1e-9, n_samples=4096, max_samples=6000, eval_samples=16384, **FAST)
+    res = solve(y, max_iter=40, tol=1e-9, n_samples=4096, max_samples=6000, eval_samples=16384, **SAMPLED)
     sizes = [r["n_samples"] for r in res.history]
     assert sizes[0] == 4096 and max(sizes) == 8192  # capped at 6000, rounded up to whole slices
     assert sizes == sorted(sizes)
@@ -270,7 +272,7 @@ def test_hidden_deficit_is_the_rise_that_makes_an_empty_cell_take_mass():
 
 def test_gapped_clusters_in_2d_converge_although_most_cells_start_empty():
     """Before the hidden-cell rule this solve stopped at the cap (max error 1: one cell never got mass)."""
-    res = solve(_gap_codes(200), tol=0.1, max_iter=150, progress=False)
+    res = solve(_gap_codes(200), tol=0.1, max_iter=150, **SAMPLED)
     assert res.history[0]["empty_cells"] > 50
     assert res.converged and res.marginal_error["max"] <= 0.1, res.marginal_error
     assert res.history[-1]["empty_cells"] == 0
