@@ -146,7 +146,8 @@ def cells(y: np.ndarray, h: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, 
 
 
 def newton_direction(W: sp.csr_matrix, residual: np.ndarray) -> np.ndarray:
-    """Solve ``L dh = residual`` for the mass Laplacian ``L = diag(W 1) - W``, ``dh_0 = 0`` (h is free up to a constant)."""
+    """Solve ``L dh = residual`` for the mass Laplacian ``L = diag(W 1) - W`` with ``dh_0 = 0`` (h is free up to
+    a constant)."""
     L = (sp.diags(np.asarray(W.sum(axis=1)).ravel()) - W).tocsc()
     dh = np.zeros(len(residual))
     dh[1:] = spsolve(L[1:, 1:], residual[1:])
