@@ -57,6 +57,24 @@ def make_evaluator(problem: OTProblem, cfg: OTConfig, client=None):
     return DaskEvaluator(problem, client=client, mode=cfg.mode, device=cfg.device)
 
 
+def exact_result(
+    problem: OTProblem, h: np.ndarray, history: list, converged: bool, iterations: int, ev: dict, mode: str
+) -> OTResult:
+    """The result of an exact (unsampled) solve: no shards, no workers, the error from exact cell masses."""
+    return OTResult(
+        h=h,
+        center=problem.center.copy(),
+        scale=problem.scale,
+        source=problem.source,
+        nu=problem.nu if not problem.nu.flags.writeable else problem.nu.copy(),
+        history=history,
+        converged=converged,
+        iterations=iterations,
+        marginal_error=ev,
+        execution={"mode": mode, "shards": None, "workers": None},
+    )
+
+
 def solve_exact_1d(problem: OTProblem, tol: float) -> OTResult:
     """The closed-form 1-D solve, checked by rebuilding its cells from ``h`` (see :mod:`vegan.ot.exact1d`)."""
     y = problem.targets().numpy()[:, 0]
@@ -66,18 +84,7 @@ def solve_exact_1d(problem: OTProblem, tol: float) -> OTResult:
     dup = int(len(y) - len(np.unique(y)))
     if dup:  # coinciding lines cannot split their mass: say so instead of a silent error
         record["reason"] = f"{dup} code(s) coincide with another after scaling to float32; their cells merge"
-    return OTResult(
-        h=h,
-        center=problem.center.copy(),
-        scale=problem.scale,
-        source=problem.source,
-        nu=problem.nu if not problem.nu.flags.writeable else problem.nu.copy(),
-        history=[record],
-        converged=ev["max"] <= tol,
-        iterations=1,
-        marginal_error=ev,
-        execution={"mode": "exact-1d", "shards": None, "workers": None},
-    )
+    return exact_result(problem, h, [record], ev["max"] <= tol, 1, ev, "exact-1d")
 
 
 def solve_exact_2d(problem: OTProblem, cfg: OTConfig, progress: bool = False) -> OTResult:
@@ -98,18 +105,8 @@ def solve_exact_2d(problem: OTProblem, cfg: OTConfig, progress: bool = False) ->
     converged = reason is None and ev["max"] <= cfg.tol
     if not converged:
         history.append({"iteration": len(history), "exact": True, "reason": reason or "rounding of the cells"})
-    return OTResult(
-        h=h,
-        center=problem.center.copy(),
-        scale=problem.scale,
-        source=problem.source,
-        nu=problem.nu if not problem.nu.flags.writeable else problem.nu.copy(),
-        history=history,
-        converged=converged,
-        iterations=len([r for r in history if "max_rel_error" in r]),
-        marginal_error=ev,
-        execution={"mode": "exact-2d", "shards": None, "workers": None},
-    )
+    iterations = len([r for r in history if "max_rel_error" in r])
+    return exact_result(problem, h, history, converged, iterations, ev, "exact-2d")
 
 
 def solve(
