@@ -47,7 +47,7 @@ def timed(fn) -> float:
     return time.process_time() - t
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problem", default="gmm:10000:32")
     ap.add_argument("--samples", type=int, default=1 << 20)
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     name, y = load_targets(args.problem)
@@ -107,7 +107,7 @@ def main() -> None:
     }
     if args.json:
         print(json.dumps(out))
-        return
+        return out
     print(f"{name}, N = {n_used:,} samples, {args.threads} thread(s), after {args.warmup} iterations")
     print(f"  near-tie share {out['margin_pair_share']:.3f}, empty cells {out['empty_cells']}")
     for key in ("kernel", "evaluate", "step"):
@@ -117,6 +117,7 @@ def main() -> None:
         f"(evaluate {out['evaluate_frac_of_kernel']:.2f}; "
         f"Newton work outside the evaluator {out['newton_share_of_step']:.2f} of a step)"
     )
+    return out
 
 
 if __name__ == "__main__":

@@ -27,3 +27,15 @@ def test_ot_tolerance_study_solves_each_tolerance_from_the_last(tmp_path, benchm
     assert png.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="--subset"):
         benchmark_script("ot_tolerance").main([*args, "--subset", "100000"])  # the last --subset wins
+
+
+def test_iteration_rate_times_the_kernel_the_evaluator_and_a_step_on_the_same_samples(benchmark_script, capsys):
+    """A tiny real run: three positive CPU times on one sample set, and the ratios built from them."""
+    out = benchmark_script("ot_iteration_rate").main(
+        ["--problem", "gmm:300:4", "--samples", "16384", "--warmup", "2", "--repeats", "1", "--threads", "1", "--json"]
+    )
+    assert out["samples"] == 16384 and out["warmup_iterations"] == 2
+    assert all(out[f"{k}_s"] > 0 for k in ("kernel", "evaluate", "step"))
+    assert out["step_frac_of_kernel"] == out["kernel_s"] / out["step_s"]
+    assert 0 < out["margin_pair_share"] < 1
+    assert json.loads(capsys.readouterr().out)["step_s"] == out["step_s"]
