@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -177,6 +178,9 @@ def _value(x):
 
 _END = object()
 
+SCATTER_TRIES = 4
+"""Tries of a scatter whose connection a dying worker closed (:meth:`Tasks.scatter`)."""
+
 
 def _cancel(x) -> None:
     if isinstance(x, (list, tuple)):
@@ -226,10 +230,26 @@ class Tasks:
             return [_value(f) for f in futures]
         return self.client.gather(futures)
 
-    def scatter(self, value):
-        """Ship ``value`` to every worker once (``hash=False``: a content-hashed key could be shared with an
-        earlier scatter of equal data, whose release would drop it)."""
-        return value if self.client is None else self.client.scatter(value, broadcast=True, hash=False)
+    def scatter(self, value, broadcast: bool = True):
+        """Ship ``value`` to every worker once (``broadcast=False``: to one), as a future.
+
+        ``hash=False``: a content-hashed key could be shared with an earlier scatter of equal data,
+        whose release would drop it. A worker that dies while the data is on its way closes its
+        connection mid-scatter (``CommClosedError``, an ``OSError``; seen in CI when a worker was
+        killed during the eval stage): the scatter is redone on the workers left, up to
+        ``SCATTER_TRIES`` times, waiting a little longer each time for the scheduler to notice the loss.
+        """
+        if self.client is None:
+            return value
+        for attempt in range(1, SCATTER_TRIES + 1):
+            try:
+                return self.client.scatter(value, broadcast=broadcast, hash=False)
+            except OSError as exc:
+                if attempt == SCATTER_TRIES:
+                    raise
+                log.warning("scatter failed (%s: %s); retrying on the workers left", type(exc).__name__, exc)
+                time.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
 
     def keep(self, value):
         """``value`` as a task's result that the scheduler can make again: when every worker holding it dies

@@ -180,26 +180,15 @@ class DaskEvaluator:
     def _publish(self) -> None:
         """Put the targets where the tasks will find them (once per solve, again after a loss).
 
-        A worker that dies while the targets are broadcast closes its connection mid-scatter
-        (``CommClosedError``, an ``OSError``): the broadcast is redone on the workers left, as an
-        iteration is resubmitted."""
-        for attempt in range(RESUBMITS + 1):
-            try:
-                return self._publish_once()
-            except OSError as exc:
-                if attempt == RESUBMITS:
-                    raise
-                log.warning("publishing the OT targets failed (%s: %s); retrying", type(exc).__name__, exc)
-
-    def _publish_once(self) -> None:
-        p = self.problem
+        :meth:`~vegan.cluster.Tasks.scatter` redoes a scatter that a dying worker cut short."""
+        p, tasks = self.problem, self._tasks()
         if self.mode == "samples":
-            self.ysrc = p.rows() if p.y is None else self.client.scatter(p.y, broadcast=True, hash=False)
+            self.ysrc = p.rows() if p.y is None else tasks.scatter(p.y)
         else:
-            parts = _split(p.n, n_shards(p.n, p.d, self._tasks().n_workers(), self.memory_limit))
+            parts = _split(p.n, n_shards(p.n, p.d, tasks.n_workers(), self.memory_limit))
             # Rows in a store: each shard task reads its own rows (nothing passes through here).
             self.shards = [
-                (a, p.rows(a, b) if p.y is None else self.client.scatter(np.ascontiguousarray(p.y[a:b]), hash=False))
+                (a, p.rows(a, b) if p.y is None else tasks.scatter(np.ascontiguousarray(p.y[a:b]), broadcast=False))
                 for a, b in parts
             ]
 
