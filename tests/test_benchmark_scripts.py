@@ -39,3 +39,31 @@ def test_iteration_rate_times_the_kernel_the_evaluator_and_a_step_on_the_same_sa
     assert out["step_frac_of_kernel"] == out["kernel_s"] / out["step_s"]
     assert 0 < out["margin_pair_share"] < 1
     assert json.loads(capsys.readouterr().out)["step_s"] == out["step_s"]
+
+
+@pytest.mark.slow
+def test_ae_capacity_trains_each_variant_once_and_scores_its_reconstructions(tmp_path, benchmark_script):
+    """Two real tiny autoencoders, scored; a rerun finds both trained (their done records untouched)."""
+    out, png = tmp_path / "cap.json", tmp_path / "cap.png"
+    args = ["--preset", "tiny", "--storage", str(tmp_path / "study"), "--set", "ae.steps=30",
+            "--variant", "ld4:ae.latent_dim=4", "--variant", "ld8:ae.latent_dim=8,ae.width=8",
+            "--n-samples", "64", "--json", str(out), "--png", str(png), "--quiet"]  # fmt: skip
+    table = benchmark_script("ae_capacity").main(args)
+    rows = {r["label"]: r for r in table["rows"]}
+    assert (
+        rows["ld4"]["ae"]["latent_dim"] == 4 and rows["ld8"]["ae"] | {"latent_dim": 8, "width": 8} == rows["ld8"]["ae"]
+    )
+    assert rows["ld4"]["ae_key"] != rows["ld8"]["ae_key"]
+    for r in rows.values():
+        assert r["n_samples"] == 64 and r["fid"] == r["fid"] and r["fid"] >= 0 and r["final_loss"] > 0
+    assert json.loads(out.read_text())["rows"] == table["rows"] and png.read_bytes().startswith(b"\x89PNG")
+    done = sorted((tmp_path / "study").glob("*/done/ae-*.json"))
+    assert len(done) == 2
+    before = [p.read_bytes() for p in done]
+    again = benchmark_script("ae_capacity").main(args)
+    assert [p.read_bytes() for p in done] == before  # found trained, not trained again
+    assert [r["fid"] for r in again["rows"]] == pytest.approx([r["fid"] for r in table["rows"]], rel=1e-4)
+    with pytest.raises(SystemExit):
+        benchmark_script("ae_capacity").main([*args, "--variant", "ld4:ae.latent_dim=5"])  # labels must differ
+    with pytest.raises(SystemExit):
+        benchmark_script("ae_capacity").main([*args, "--variant", "no-colon"])
