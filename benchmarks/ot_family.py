@@ -7,7 +7,7 @@ Cases: every ``d`` in ``--dims`` x codes (``uniform`` in the unit cube, ``gap``:
 tight clusters at -3 and +3 along every axis, spread 0.1) x weights (``uniform``, and
 ``1:6``: drawn in [1, 6]) x ``n``. Each is solved by ``vegan.ot.solve(y, nu, tol=...)``
 with defaults (``max_iter`` from ``--budget-iter``, default 300 as in OTConfig);
-``--method sampled`` forces the Monte Carlo solver in 2-D (the default there is exact cells).
+``--method sampled`` forces the Monte Carlo solver in 2-D and 3-D (the default there is exact cells).
 
 The reported error is measured here, independently of the solver:
 
@@ -17,7 +17,9 @@ The reported error is measured here, independently of the solver:
   scores (:func:`vegan.ot.exact2d.cells`, recomputed here), and beside it the kernel's own
   assignment of a regular grid of ``--grid``^2 cell midpoints (deterministic quadrature; its
   own error is about a grid step times a cell's perimeter over its area, large on sliver cells);
-* d >= 3: i.i.d. uniform points (seed 12345, never used by the solver), as many as
+* d = 3 solved exactly (``exact-3d``): exact, from the polytope cells of the returned ``h`` on the
+  float32 codes (:func:`vegan.ot.exact3d.cells`, recomputed here);
+* otherwise (d >= 3): i.i.d. uniform points (seed 12345, never used by the solver), as many as
   ``benchmarks/ot_solve.py``'s shared check uses for a noise of ``--check-noise`` on the max.
 
 Codes are drawn in float64 and de-duplicated in float32 after scaling (coinciding codes
@@ -38,6 +40,7 @@ from vegan.ot import make_problem, solve
 from vegan.ot.assign import assign_counts
 from vegan.ot.exact1d import interval_masses
 from vegan.ot.exact2d import cells
+from vegan.ot.exact3d import cells as cells_3d
 from vegan.ot.solver import noise_z
 
 CHECK_SEED = 12345
@@ -84,6 +87,9 @@ def verify(res, y: np.ndarray, nu: np.ndarray, grid: int, noise: float) -> tuple
         w = cells(z.astype(np.float32).astype(np.float64), res.h)[0]
         how = "exact polygons"
         extra["grid_max"] = float((np.abs(kernel_grid_masses(z, res.h, grid) - nu) / nu).max())
+    elif res.execution.get("mode") == "exact-3d":
+        w = cells_3d(z.astype(np.float32).astype(np.float64), res.h)[0]
+        how = "exact polytopes"
     else:
         yt, ht = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(res.h)
         counts = torch.zeros(n, dtype=torch.float64)

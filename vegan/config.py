@@ -112,8 +112,8 @@ class OTConfig(_Config):
     source: Literal["cube", "ball"] = "cube"
     method: Literal["auto", "sampled"] = Field(
         "auto",
-        description="auto: exact cells where they are cheap (1-D intervals; 2-D polygons with the cube source), "
-        "the sampled damped Newton elsewhere; sampled: the Monte Carlo solver in 2-D too.",
+        description="auto: exact cells where they are cheap (1-D intervals; 2-D polygons and 3-D polytopes with "
+        "the cube source), the sampled damped Newton elsewhere; sampled: the Monte Carlo solver in 2-D and 3-D too.",
     )
     tol: float = Field(0.1, gt=0, description="Stop when max_i |w_i - nu_i| / nu_i <= tol on a fresh sample.")
     max_iter: int = Field(300, ge=1)

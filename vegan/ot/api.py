@@ -16,6 +16,7 @@ from vegan.config import OTConfig
 from vegan.ot.counting import LocalEvaluator
 from vegan.ot.exact1d import exact_potential, marginal_error_exact
 from vegan.ot.exact2d import exact_potential_2d, marginal_error_exact_2d
+from vegan.ot.exact3d import exact_potential_3d, marginal_error_exact_3d
 from vegan.ot.problem import OTProblem, Sampling, make_problem
 from vegan.ot.solver import NewtonSolver, OTResult, run
 from vegan.progress import Progress
@@ -87,26 +88,32 @@ def solve_exact_1d(problem: OTProblem, tol: float) -> OTResult:
     return exact_result(problem, h, [record], ev["max"] <= tol, 1, ev, "exact-1d")
 
 
-def solve_exact_2d(problem: OTProblem, cfg: OTConfig, progress: bool = False) -> OTResult:
-    """Damped Newton on exact Laguerre cells in the square (see :mod:`vegan.ot.exact2d`), checked by
-    recomputing the cells of the returned ``h``. Each iteration is cheap enough that no checkpoint is kept."""
+EXACT_CELLS = {2: (exact_potential_2d, marginal_error_exact_2d), 3: (exact_potential_3d, marginal_error_exact_3d)}
+"""Dimensions solved by damped Newton on exact cells with the cube source: (solver, independent check)."""
+
+
+def solve_exact_cells(problem: OTProblem, cfg: OTConfig, progress: bool = False) -> OTResult:
+    """Damped Newton on exact Laguerre cells in the cube (polygons in 2-D, :mod:`vegan.ot.exact2d`; polytopes in
+    3-D, :mod:`vegan.ot.exact3d`), checked by recomputing the cells of the returned ``h``. Each iteration is
+    cheap enough that no checkpoint is kept."""
+    potential, check = EXACT_CELLS[problem.d]
     y = problem.targets().numpy().astype(np.float64)  # the float32 codes the kernel will score
-    bar = Progress(cfg.max_iter, "OT solve (exact 2-D)", enabled=progress)
+    bar = Progress(cfg.max_iter, f"OT solve (exact {problem.d}-D)", enabled=progress)
 
     def tick(record: dict) -> None:
         bar.set_postfix({"max_err": f"{record['max_rel_error']:.3g}"}, refresh=False)
         bar.update(1)
 
     try:
-        h, history, reason = exact_potential_2d(y, problem.nu, cfg.tol, cfg.max_iter, on_iteration=tick)
+        h, history, reason = potential(y, problem.nu, cfg.tol, cfg.max_iter, on_iteration=tick)
     finally:
         bar.close()
-    ev = marginal_error_exact_2d(y, h, problem.nu)
+    ev = check(y, h, problem.nu)
     converged = reason is None and ev["max"] <= cfg.tol
     if not converged:
         history.append({"iteration": len(history), "exact": True, "reason": reason or "rounding of the cells"})
     iterations = len([r for r in history if "max_rel_error" in r])
-    return exact_result(problem, h, history, converged, iterations, ev, "exact-2d")
+    return exact_result(problem, h, history, converged, iterations, ev, f"exact-{problem.d}d")
 
 
 def solve(
@@ -125,10 +132,10 @@ def solve(
     and this process holds O(n) floats (h, weights, solver state), never the codes.
 
     With ``method="auto"`` (the default), codes of dimension 1 are solved exactly (interval
-    cells, :mod:`vegan.ot.exact1d`), and codes of dimension 2 with the cube source by damped
-    Newton on exact polygon cells (:mod:`vegan.ot.exact2d`): no sampling, the error measured
-    from exact cell masses, no checkpoints (a solve is seconds). ``method="sampled"`` forces the
-    Monte Carlo solver in 2-D (1-D is always exact).
+    cells, :mod:`vegan.ot.exact1d`), and codes of dimension 2 or 3 with the cube source by damped
+    Newton on exact cells (polygons, :mod:`vegan.ot.exact2d`; polytopes, :mod:`vegan.ot.exact3d`):
+    no sampling, the error measured from exact cell masses, no checkpoints (a solve is seconds).
+    ``method="sampled"`` forces the Monte Carlo solver in 2-D and 3-D (1-D is always exact).
 
     Resumes from the newest checkpoint in ``checkpoints`` (of the same problem),
     checkpoints every ``checkpoint_every`` iterations and at the end, and stops
@@ -140,8 +147,8 @@ def solve(
     problem = make_problem(y, nu, sampling_from_config(cfg), Tasks(client))
     if problem.d == 1:
         return solve_exact_1d(problem, cfg.tol)
-    if problem.d == 2 and problem.source == "cube" and cfg.method == "auto":
-        return solve_exact_2d(problem, cfg, progress)
+    if problem.d in EXACT_CELLS and problem.source == "cube" and cfg.method == "auto":
+        return solve_exact_cells(problem, cfg, progress)
     evaluate = make_evaluator(problem, cfg, client)
     try:
         res = run(solver_from_config(cfg), problem, evaluate, checkpoints, cfg.checkpoint_every, progress)

@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import spsolve
 from scipy.spatial import ConvexHull, QhullError
+
+from vegan.ot.exact_newton import exact_potential, marginal_error_exact
 
 LO, HI = -1.0, 1.0
 AREA = (HI - LO) ** 2
@@ -145,15 +146,6 @@ def cells(y: np.ndarray, h: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, 
     return masses, W
 
 
-def newton_direction(W: sp.csr_matrix, residual: np.ndarray) -> np.ndarray:
-    """Solve ``L dh = residual`` for the mass Laplacian ``L = diag(W 1) - W`` with ``dh_0 = 0`` (h is free up to
-    a constant)."""
-    L = (sp.diags(np.asarray(W.sum(axis=1)).ravel()) - W).tocsc()
-    dh = np.zeros(len(residual))
-    dh[1:] = spsolve(L[1:, 1:], residual[1:])
-    return dh
-
-
 def exact_potential_2d(
     y: np.ndarray,
     nu: np.ndarray,
@@ -161,66 +153,10 @@ def exact_potential_2d(
     max_iter: int = 100,
     on_iteration: Callable[[dict], None] | None = None,
 ) -> tuple[np.ndarray, list[dict], str | None]:
-    """Damped Newton on exact cells: ``(h, history, reason)``; ``reason`` is None when every cell is within ``tol``.
-
-    Iterates until the max relative cell error is at most ``tol / 4`` (the last steps are
-    quadratic and cheap; the margin absorbs the float32 rounding of the kernel that generates).
-    A step is halved until every mass stays above ``eps`` and the residual shrinks by
-    ``1 - tau / 2`` (the KMT rule); the next step starts at twice the last accepted one.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    nu = np.asarray(nu, dtype=np.float64)
-    _, first, inverse = np.unique(y, axis=0, return_index=True, return_inverse=True)
-    if len(first) < len(y):
-        # Equal codes cannot split their mass: the first of each group takes all of it (as in 1-D),
-        # the others sit below it, and the caller's check reports their missing mass.
-        inverse = inverse.reshape(-1)
-        h_first, history, reason = exact_potential_2d(y[first], np.bincount(inverse, weights=nu), tol, max_iter)
-        h = h_first[inverse] - (np.arange(len(y)) != first[inverse])
-        dup = len(y) - len(first)
-        return h, history, f"{dup} code(s) coincide with another after scaling to float32; their cells merge"
-    h = -0.5 * (y**2).sum(axis=1)  # Voronoi start: each cell holds its own site
-    h -= h.mean()
-    m, W = cells(y, h)
-    eps = 0.5 * min(m.min(), nu.min())
-    history: list[dict] = []
-    tau = 1.0
-    if eps <= 0:
-        return h, history, "a cell of the Voronoi start is empty (coinciding codes)"
-    for it in range(1, max_iter + 1):
-        err = np.abs(m - nu) / nu
-        if err.max() <= tol / 4:
-            return h, history, None
-        dh = newton_direction(W, nu - m)
-        base = np.linalg.norm(m - nu)
-        tau = min(1.0, 2 * tau)
-        while True:
-            h_try = h + tau * dh
-            m_try, W_try = cells(y, h_try)
-            if m_try.min() >= eps and np.linalg.norm(m_try - nu) <= (1 - tau / 2) * base:
-                break
-            tau /= 2
-            if tau < 1e-10:
-                return h, history, f"damping fell below 1e-10 at iteration {it} (rounding limits the cells)"
-        h, m, W = h_try - h_try.mean(), m_try, W_try
-        err = np.abs(m - nu) / nu
-        rec = {
-            "iteration": it,
-            "exact": True,
-            "damping": tau,
-            "max_rel_error": float(err.max()),
-            "l1_rel_error": float(np.abs(m - nu).sum()),
-        }
-        history.append(rec)
-        if on_iteration is not None:
-            on_iteration(rec)
-    if (np.abs(m - nu) / nu).max() <= tol:
-        return h, history, None
-    return h, history, f"iteration budget (max_iter {max_iter}) spent"
+    """Damped Newton on exact polygon cells (:func:`vegan.ot.exact_newton.exact_potential`)."""
+    return exact_potential(cells, y, nu, tol, max_iter, on_iteration)
 
 
 def marginal_error_exact_2d(y: np.ndarray, h: np.ndarray, nu: np.ndarray) -> dict[str, float]:
     """``max`` relative and ``l1`` cell error of ``h`` from exact cell areas (``n_samples`` 0: no sampling)."""
-    masses, _ = cells(y, h)
-    err = np.abs(masses - nu)
-    return {"max": float((err / nu).max()), "l1": float(err.sum()), "n_samples": 0}
+    return marginal_error_exact(cells, y, h, nu)

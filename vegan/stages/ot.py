@@ -53,5 +53,6 @@ STAGE = Stage(
     # version 6: codes of dimension 1 are solved exactly (interval cells, vegan.ot.exact1d).
     # version 7: empty cells jump by their measured deficit (vegan.ot.counting.cell_deficits).
     # version 8: 2-D codes with the cube source are solved on exact cells (vegan.ot.exact2d).
-    version=8,
+    # version 9: 3-D codes with the cube source are solved on exact cells too (vegan.ot.exact3d).
+    version=9,
 )

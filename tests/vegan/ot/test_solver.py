@@ -15,7 +15,7 @@ from vegan.ot.solver import SPLIT, SolverState, newton_direction, noise_z, pool_
 from vegan.storage import Storage
 
 FAST = dict(progress=False)
-SAMPLED = dict(progress=False, method="sampled")  # 2-D codes otherwise get the exact solver (vegan.ot.exact2d)
+SAMPLED = dict(progress=False, method="sampled")  # 2-D and 3-D codes otherwise get the exact solvers
 
 
 def _quadrature_areas(res: OTResult, y: np.ndarray, m: int = 800) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_matches_exact_discrete_ot_on_a_grid():
 
 def test_resume_gives_the_uninterrupted_trajectory(tmp_path):
     y = np.random.default_rng(2).normal(size=(50, 3))
-    kw = dict(FAST, tol=1e-9, eval_samples=16384, checkpoint_every=7, n_samples=4096, max_samples=16384)
+    kw = dict(SAMPLED, tol=1e-9, eval_samples=16384, checkpoint_every=7, n_samples=4096, max_samples=16384)
     full = solve(y, max_iter=40, **kw)
     ckpt = CheckpointDir(Storage(str(tmp_path / "ot")))
     first = solve(y, max_iter=18, checkpoints=ckpt, **kw)
