@@ -34,11 +34,14 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # VEGAN_STRICT_SKIPS=1: a test that cannot run is a failure with its reason, never a silent skip.
+# -n 2 --dist loadfile: two pytest-xdist processes, each test file (and its module fixtures) in one.
+PYTEST_PAR := -n 2 --dist loadfile
+
 test: install system lint
-	VEGAN_STRICT_SKIPS=1 $(BIN)/pytest -q -rs
+	VEGAN_STRICT_SKIPS=1 $(BIN)/pytest -q -rs $(PYTEST_PAR)
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_PAR)
 
 bench: install
 	$(BIN)/python benchmarks/ot_kernel.py

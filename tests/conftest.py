@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Prefect reads its settings at import time: isolate it before any test imports it.
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".cache" / "prefect-test"))
+if "PYTEST_XDIST_WORKER" in os.environ:  # one home (settings, SQLite database) per pytest-xdist worker
+    os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]) / os.environ["PYTEST_XDIST_WORKER"])
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,6 +30,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 STRICT_SKIPS = os.environ.get("VEGAN_STRICT_SKIPS") == "1"
 STRICT_HINT = "install what is missing (e.g. `sudo bash scripts/setup_system.sh`) or unset VEGAN_STRICT_SKIPS"
 _skipped_modules: list[str] = []
+_XDIST_WORKER = False
 
 
 def _skip_reason(report) -> str:
@@ -46,17 +49,21 @@ def pytest_runtest_makereport(item, call):
         )
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector):
+def pytest_collectreport(report):
     """Strict mode: a module skipped at import (``pytest.importorskip``) fails the session at the end.
 
     Failing the collection report itself would abort the whole run at collection, so the
     module is recorded here, named in the summary, and the exit status set in sessionfinish.
+    Under pytest-xdist this runs in the controller too (workers forward skipped collection
+    reports), where the summary and the exit status are made; a worker records nothing.
     """
-    outcome = yield
-    report = outcome.get_result()
-    if STRICT_SKIPS and report.skipped:
+    if STRICT_SKIPS and report.skipped and not _XDIST_WORKER:
         _skipped_modules.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_configure(config):
+    global _XDIST_WORKER
+    _XDIST_WORKER = hasattr(config, "workerinput")  # set in the processes pytest-xdist starts
 
 
 def pytest_terminal_summary(terminalreporter):

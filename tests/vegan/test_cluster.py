@@ -288,6 +288,7 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
             if p.is_file()
         }
         os.kill(victim_pid, signal.SIGKILL)
+        complete_at_kill = finished_chunks(complete)
         print(f"killed worker w0 (pid {victim_pid}) after {len(done_before)} of 60 chunks")
         stage.join(timeout=300)
         assert not stage.is_alive() and "error" not in result, result.get("error")
@@ -296,9 +297,11 @@ def test_latents_survive_a_worker_killed_by_sigkill(tmp_path):
         assert procs[1].wait(timeout=30) == -signal.SIGKILL
 
         info = result["latents"]
-        # A chunk the killed worker finished just before dying may count as skipped when its task reruns.
+        # Chunks the killed worker finished but whose results died with it count as skipped when their tasks
+        # rerun (one on a quiet machine, several under load): only chunks complete at the kill can be.
         assert info["chunks"] == n_chunks and not info["reused"]
-        assert info["chunks_written"] + info["chunks_skipped"] == n_chunks and info["chunks_skipped"] <= 1
+        assert info["chunks_written"] + info["chunks_skipped"] == n_chunks
+        assert info["chunks_skipped"] <= len(complete_at_kill)
         for p, mtime in finished.items():
             assert p.stat().st_mtime_ns == mtime, f"finished chunk file {p} was rewritten"
         run = Run(cfg, str(run_dir), progress=False)
