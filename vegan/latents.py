@@ -212,8 +212,11 @@ def extract_latents(
         else:
             from distributed import as_completed
 
-            enc = encode if isinstance(encode, EncoderRef) else client.scatter(encode, broadcast=True, hash=False)
-            src = client.scatter(data, broadcast=True, hash=False) if isinstance(data, Dataset) else data
+            from vegan.cluster import Tasks
+
+            tasks = Tasks(client)
+            enc = encode if isinstance(encode, EncoderRef) else tasks.scatter(encode)
+            src = tasks.scatter(data) if isinstance(data, Dataset) else data
             futures = [
                 client.submit(
                     encode_chunk,
