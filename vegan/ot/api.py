@@ -13,10 +13,11 @@ import numpy as np
 
 from vegan.checkpoint import CheckpointDir
 from vegan.config import OTConfig
+from vegan.ot import exact2d, exact3d
 from vegan.ot.counting import LocalEvaluator
 from vegan.ot.exact1d import exact_potential, marginal_error_exact
-from vegan.ot.exact2d import exact_potential_2d, marginal_error_exact_2d
-from vegan.ot.exact3d import exact_potential_3d, marginal_error_exact_3d
+from vegan.ot.exact_newton import exact_potential as exact_cells_potential
+from vegan.ot.exact_newton import marginal_error_exact as exact_cells_error
 from vegan.ot.problem import OTProblem, Sampling, make_problem
 from vegan.ot.solver import NewtonSolver, OTResult, run
 from vegan.progress import Progress
@@ -88,15 +89,15 @@ def solve_exact_1d(problem: OTProblem, tol: float) -> OTResult:
     return exact_result(problem, h, [record], ev["max"] <= tol, 1, ev, "exact-1d")
 
 
-EXACT_CELLS = {2: (exact_potential_2d, marginal_error_exact_2d), 3: (exact_potential_3d, marginal_error_exact_3d)}
-"""Dimensions solved by damped Newton on exact cells with the cube source: (solver, independent check)."""
+EXACT_CELLS = {2: exact2d.cells, 3: exact3d.cells}
+"""Dimensions solved by damped Newton on exact cells with the cube source: their cell measure."""
 
 
 def solve_exact_cells(problem: OTProblem, cfg: OTConfig, progress: bool = False) -> OTResult:
     """Damped Newton on exact Laguerre cells in the cube (polygons in 2-D, :mod:`vegan.ot.exact2d`; polytopes in
     3-D, :mod:`vegan.ot.exact3d`), checked by recomputing the cells of the returned ``h``. Each iteration is
     cheap enough that no checkpoint is kept."""
-    potential, check = EXACT_CELLS[problem.d]
+    measure = EXACT_CELLS[problem.d]
     y = problem.targets().numpy().astype(np.float64)  # the float32 codes the kernel will score
     bar = Progress(cfg.max_iter, f"OT solve (exact {problem.d}-D)", enabled=progress)
 
@@ -105,10 +106,10 @@ def solve_exact_cells(problem: OTProblem, cfg: OTConfig, progress: bool = False)
         bar.update(1)
 
     try:
-        h, history, reason = potential(y, problem.nu, cfg.tol, cfg.max_iter, on_iteration=tick)
+        h, history, reason = exact_cells_potential(measure, y, problem.nu, cfg.tol, cfg.max_iter, on_iteration=tick)
     finally:
         bar.close()
-    ev = check(y, h, problem.nu)
+    ev = exact_cells_error(measure, y, h, problem.nu)
     converged = reason is None and ev["max"] <= cfg.tol
     if not converged:
         history.append({"iteration": len(history), "exact": True, "reason": reason or "rounding of the cells"})

@@ -18,13 +18,11 @@ Sutherland-Hodgman, run for all cells at once on padded arrays (one pass per nei
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import ConvexHull, QhullError
 
-from vegan.ot.exact_newton import exact_potential, marginal_error_exact
+from vegan.ot.exact_newton import face_weights
 
 LO, HI = -1.0, 1.0
 AREA = (HI - LO) ** 2
@@ -138,25 +136,4 @@ def cells(y: np.ndarray, h: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, 
     rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     cols = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
     lens = np.concatenate(lens) if lens else np.zeros(0)
-    F = sp.coo_matrix((lens, (rows, cols)), shape=(n, n)).tocsr()
-    F = (F + F.T) / 2  # the two cells measure the same face; average their rounding
-    F = F.tocoo()
-    dist = np.linalg.norm(y[F.row] - y[F.col], axis=1)
-    W = sp.csr_matrix((F.data / dist / AREA, (F.row, F.col)), shape=(n, n))
-    return masses, W
-
-
-def exact_potential_2d(
-    y: np.ndarray,
-    nu: np.ndarray,
-    tol: float,
-    max_iter: int = 100,
-    on_iteration: Callable[[dict], None] | None = None,
-) -> tuple[np.ndarray, list[dict], str | None]:
-    """Damped Newton on exact polygon cells (:func:`vegan.ot.exact_newton.exact_potential`)."""
-    return exact_potential(cells, y, nu, tol, max_iter, on_iteration)
-
-
-def marginal_error_exact_2d(y: np.ndarray, h: np.ndarray, nu: np.ndarray) -> dict[str, float]:
-    """``max`` relative and ``l1`` cell error of ``h`` from exact cell areas (``n_samples`` 0: no sampling)."""
-    return marginal_error_exact(cells, y, h, nu)
+    return masses, face_weights(y, rows, cols, lens, AREA)

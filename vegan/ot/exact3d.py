@@ -18,13 +18,11 @@ weights and, by the divergence theorem, the volume ``sum_f area_f * dist(0, plan
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import ConvexHull, QhullError
 
-from vegan.ot.exact_newton import exact_potential, marginal_error_exact
+from vegan.ot.exact_newton import face_weights
 
 LO, HI = -1.0, 1.0
 VOLUME = (HI - LO) ** 3
@@ -204,24 +202,4 @@ def cells(y: np.ndarray, h: np.ndarray, chunk: int = FACE_CHUNK) -> tuple[np.nda
         rows.append(ids[r])
         cols.append(nbr[r, c])
         faces.append(area[:, 6:][r, c])
-    F = sp.coo_matrix((np.concatenate(faces), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
-    F = ((F + F.T) / 2).tocoo()  # the two cells measure the same face; average their rounding
-    dist = np.linalg.norm(y[F.row] - y[F.col], axis=1)
-    W = sp.csr_matrix((F.data / dist / VOLUME, (F.row, F.col)), shape=(n, n))
-    return masses, W
-
-
-def exact_potential_3d(
-    y: np.ndarray,
-    nu: np.ndarray,
-    tol: float,
-    max_iter: int = 100,
-    on_iteration: Callable[[dict], None] | None = None,
-) -> tuple[np.ndarray, list[dict], str | None]:
-    """Damped Newton on exact polytope cells (:func:`vegan.ot.exact_newton.exact_potential`)."""
-    return exact_potential(cells, y, nu, tol, max_iter, on_iteration)
-
-
-def marginal_error_exact_3d(y: np.ndarray, h: np.ndarray, nu: np.ndarray) -> dict[str, float]:
-    """``max`` relative and ``l1`` cell error of ``h`` from exact cell volumes (``n_samples`` 0: no sampling)."""
-    return marginal_error_exact(cells, y, h, nu)
+    return masses, face_weights(y, np.concatenate(rows), np.concatenate(cols), np.concatenate(faces), VOLUME)

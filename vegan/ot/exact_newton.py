@@ -21,6 +21,17 @@ CellMeasure = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, sp.csr_matrix
 """``cells(y, h) -> (masses, W)``: exact cell masses and the off-diagonal mass derivatives."""
 
 
+def face_weights(y: np.ndarray, rows, cols, faces, cube_measure: float) -> sp.csr_matrix:
+    """``W_ij`` = shared face (length in 2-D, area in 3-D) over ``|y_i - y_j|`` and the cube's measure, from
+    each cell's own list of faces ``(rows, cols, faces)``; the two cells of a face measure it apart, so
+    their rounding is averaged."""
+    n = len(y)
+    F = sp.coo_matrix((faces, (rows, cols)), shape=(n, n)).tocsr()
+    F = ((F + F.T) / 2).tocoo()
+    dist = np.linalg.norm(y[F.row] - y[F.col], axis=1)
+    return sp.csr_matrix((F.data / dist / cube_measure, (F.row, F.col)), shape=(n, n))
+
+
 def laplacian_step(W: sp.csr_matrix, residual: np.ndarray) -> np.ndarray:
     """Solve ``L dh = residual`` for the mass Laplacian ``L = diag(W 1) - W`` with ``dh_0 = 0`` (h is free up to
     a constant)."""

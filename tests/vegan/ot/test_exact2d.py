@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vegan.ot import assign, solve
-from vegan.ot.exact2d import cells, exact_potential_2d
+from vegan.ot.exact2d import cells
+from vegan.ot.exact_newton import exact_potential
 
 
 def _grid_masses(y: np.ndarray, h: np.ndarray, m: int = 1000) -> np.ndarray:
@@ -68,7 +69,7 @@ def test_gapped_clusters_with_weights_1_to_6_converge_and_the_kernel_agrees():
 
 def test_newton_keeps_every_cell_nonempty_from_the_voronoi_start():
     y, nu = _gap_codes(400, seed=2)
-    h, history, reason = exact_potential_2d(y, nu, tol=0.01)
+    h, history, reason = exact_potential(cells, y, nu, tol=0.01)
     assert reason is None and len(history) > 1
     assert all(0 < r["damping"] <= 1 for r in history)
     assert (cells(y, h)[0] > 0).all()
