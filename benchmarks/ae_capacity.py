@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.storage.rstrip("/")
     rows = []
     for label, sets in args.variant:
-        cfg = load_config(preset=args.preset, path=args.config, overrides=[*args.set, *sets])
+        try:
+            cfg = load_config(preset=args.preset, path=args.config, overrides=[*args.set, *sets])
+        except (OSError, ValueError) as exc:  # a missing file, an unknown or mistyped key: one line, no traceback
+            raise SystemExit(f"ae_capacity: variant {label}: {exc}") from None
         row = {"label": label, "overrides": sets,
                **score_variant(cfg, f"{root}/{label}", f"{root}/cache", args.n_samples, not args.quiet)}  # fmt: skip
         rows.append(row)

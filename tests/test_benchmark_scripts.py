@@ -67,3 +67,5 @@ def test_ae_capacity_trains_each_variant_once_and_scores_its_reconstructions(tmp
         benchmark_script("ae_capacity").main([*args, "--variant", "ld4:ae.latent_dim=5"])  # labels must differ
     with pytest.raises(SystemExit):
         benchmark_script("ae_capacity").main([*args, "--variant", "no-colon"])
+    with pytest.raises(SystemExit, match=r"variant bad: (?s:.*)nosuch"):  # one line naming the variant, no traceback
+        benchmark_script("ae_capacity").main([*args, "--variant", "bad:ae.nosuch=1"])
