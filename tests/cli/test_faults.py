@@ -109,7 +109,7 @@ def test_kill_during_latent_extraction_never_rewrites_finished_chunks(tmp_path):
 
 
 def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path, tiny_upstream):
-    sets = ["ot.max_iter=60", "ot.checkpoint_every=5", "ot.tol=0.01", "ot.max_samples=65536", "ot.eval_samples=65536"]
+    sets = ["ot.max_iter=30", "ot.checkpoint_every=5", "ot.tol=0.01", "ot.max_samples=65536", "ot.eval_samples=65536"]
     for run in "ab":
         shutil.copytree(tiny_upstream, tmp_path / run)
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
@@ -195,7 +195,7 @@ def test_sigterm_in_any_stage_stops_the_run_and_a_rerun_resumes(tmp_path):
     sets = [
         "ae.steps=150",
         "ae.checkpoint_every=5",
-        "ot.max_iter=400",
+        "ot.max_iter=50",  # long enough to be interrupted twice, short enough to finish
         "ot.tol=0.0001",
         "ot.checkpoint_every=5",
         "ot.n_samples=32768",

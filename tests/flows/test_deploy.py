@@ -40,6 +40,7 @@ def api(prefect_server):  # noqa: F811 - the imported fixture
 
 
 def test_served_pipeline_runs_with_changed_parameter(served_flows, api, tmp_path):  # noqa: F811
+    """Parameters set through the API reach the run; ``until`` stops it (the UI test runs it all)."""
     from prefect.deployments import run_deployment
 
     from vegan.config import load_config
@@ -49,7 +50,7 @@ def test_served_pipeline_runs_with_changed_parameter(served_flows, api, tmp_path
     t0 = time.monotonic()
     flow_run = run_deployment(
         "aeot-pipeline/tiny",
-        parameters={"config": config.model_dump(mode="json"), "storage": str(run_dir)},
+        parameters={"config": config.model_dump(mode="json"), "storage": str(run_dir), "until": "latents"},
         timeout=900,
         poll_interval=2,
     )
@@ -57,6 +58,8 @@ def test_served_pipeline_runs_with_changed_parameter(served_flows, api, tmp_path
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["config"]["ae"]["steps"] == 60
     assert manifest["config"]["name"] == "tiny-ui"
+    done = {name for name, stage in manifest["stages"].items() if stage["status"] == "done"}
+    assert done == {"ae", "latents"}
     print(f"pipeline run through the API: {time.monotonic() - t0:.0f} s")
 
 
