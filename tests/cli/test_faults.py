@@ -69,7 +69,7 @@ def tiny_upstream(tmp_path_factory) -> Path:
 
 
 def test_kill_during_ae_training_resumes_from_last_checkpoint(tmp_path):
-    sets = ["ae.steps=400", "ae.checkpoint_every=50"]
+    sets = ["ae.steps=200", "ae.checkpoint_every=25"]
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
     ckpts = tmp_path / "a" / m.output("ae")
     kill_when(tmp_path / "a", "ae", sets, lambda: len(list(ckpts.glob("ckpt-*.pt"))) >= 2)
@@ -126,7 +126,7 @@ def test_kill_during_ot_solve_ends_with_the_same_potential(tmp_path, tiny_upstre
 
 
 def test_kill_during_gan_finetuning_resumes(tmp_path, tiny_upstream):
-    sets = ["gan.steps=200", "gan.checkpoint_every=20"]
+    sets = ["gan.steps=100", "gan.checkpoint_every=20"]
     for run in "ab":
         shutil.copytree(tiny_upstream, tmp_path / run)
     m = Manifest(Storage(str(tmp_path / "a")), _cfg(sets))
