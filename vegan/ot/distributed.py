@@ -33,7 +33,7 @@ import torch
 from vegan.cluster import Tasks
 from vegan.device import resolve_device
 from vegan.ot.assign import assign_counts, choose_chunking
-from vegan.ot.counting import Counts, best_scores, cell_deficits, cell_gaps, count_slices, hidden_samples
+from vegan.ot.counting import Counts, cell_deficits, count_slices, hidden_best_scores, hidden_gaps, hidden_slices
 from vegan.ot.problem import OTProblem, Sampling, sample_slice
 from vegan.ot.targets import load_rows
 
@@ -112,20 +112,18 @@ def _deficit_task(ysrc, h, cells, *, sampling: Sampling, iteration, device):
     return cell_deficits(_targets_on_worker(ysrc, device), h, cells, sampling, iteration)
 
 
-def _best_task(yshard, h, *, sampling: Sampling, iteration, device):
-    """Mode targets, first round: the hidden samples' best score against one shard."""
+def _best_task(yshard, h, slices, *, sampling: Sampling, iteration, device):
+    """Mode targets, first round: the hidden samples' best score against one shard (``slices``: for all codes)."""
     _worker_setup()
     y = _targets_on_worker(yshard, device)
-    x = hidden_samples(y.shape[1], sampling, iteration, y.device)
-    return best_scores(y, h, x, sampling.precision).cpu().numpy()
+    return hidden_best_scores(y, h, sampling, iteration, slices).cpu().numpy()
 
 
 def _gap_task(yshard, h, cells, best, *, sampling: Sampling, iteration, device):
     """Mode targets, second round: the deficits of the shard's own ``cells`` against the global best."""
     _worker_setup()
     y = _targets_on_worker(yshard, device)
-    x = hidden_samples(y.shape[1], sampling, iteration, y.device)
-    return cell_gaps(y, h, cells, x, torch.from_numpy(best).to(y.device))
+    return hidden_gaps(y, h, cells, torch.from_numpy(best).to(y.device), sampling, iteration)
 
 
 def _merge_task(lo, hi):
@@ -234,7 +232,8 @@ class DaskEvaluator:
         if self.mode == "samples":
             return tasks.gather([tasks.submit(_deficit_task, self.ysrc, h, cells, **kw)])[0]
         spans = [(a, a + len_) for (a, _), len_ in zip(self.shards, self._shard_lengths())]
-        firsts = [tasks.submit(_best_task, ys, h[a:b], worker=i, **kw) for i, ((_, ys), (a, b)) in
+        slices = hidden_slices(self.problem.n)  # sized for all the codes, not one shard
+        firsts = [tasks.submit(_best_task, ys, h[a:b], slices, worker=i, **kw) for i, ((_, ys), (a, b)) in
                   enumerate(zip(self.shards, spans))]  # fmt: skip
         best = np.maximum.reduce(tasks.gather(firsts))
         gaps = [

@@ -55,6 +55,29 @@ def test_target_sharded_equals_sample_parallel(client, targets, single):
     assert res.execution == {"mode": "targets", "shards": 2, "workers": 2}
 
 
+@pytest.mark.parametrize("mode", ["samples", "targets"])
+def test_empty_cell_deficits_on_the_cluster_equal_the_local_ones(client, mode):
+    """9,000 codes: two slices of hidden samples, sized for all the codes even where a worker holds half."""
+    from vegan.ot.counting import LocalEvaluator, hidden_slices
+    from vegan.ot.distributed import DaskEvaluator
+    from vegan.ot.problem import make_problem
+
+    rng = np.random.default_rng(1)
+    problem = make_problem(rng.uniform(size=(9000, 3)))
+    h = -0.5 * (problem.y.astype(np.float64) ** 2).sum(1)
+    cells = np.sort(rng.choice(9000, 300, replace=False))
+    h[cells] -= 0.5
+    assert hidden_slices(problem.n) == 2
+    local = LocalEvaluator(problem, problem.sampling).deficits(h, cells, iteration=5)
+    evaluator = DaskEvaluator(problem, client, mode=mode, device="cpu")
+    try:
+        remote = evaluator.deficits(h, cells, iteration=5)
+    finally:
+        evaluator.close()
+    assert (local > 0).all()
+    np.testing.assert_allclose(remote, local, rtol=0, atol=1e-6)
+
+
 def test_auto_mode_shards_codes_too_big_for_a_worker_and_says_so(client, targets, single, monkeypatch):
     """``mode=auto`` shards the targets when they exceed the workers' share; the result records what it chose."""
     from vegan.cluster import Tasks
