@@ -82,7 +82,8 @@ def hidden_samples(d: int, sampling: Sampling, iteration: int, index: int, devic
 
 
 def hidden_best_scores(y: torch.Tensor, h: np.ndarray, sampling: Sampling, iteration: int, slices: int) -> torch.Tensor:
-    """:func:`best_scores` of all ``slices`` slices of hidden samples, in slice order."""
+    """:func:`best_scores` of all ``slices`` slices of hidden samples, in slice order (the first round of the
+    deficits when the targets are sharded: :class:`vegan.ot.distributed.DaskEvaluator`)."""
     best = []
     for k in range(slices):  # one slice of points in memory at a time
         best.append(best_scores(y, h, hidden_samples(y.shape[1], sampling, iteration, k, y.device), sampling.precision))
@@ -129,8 +130,11 @@ def cell_deficits(y: torch.Tensor, h: np.ndarray, cells: np.ndarray, sampling: S
     ``y`` (tag HIDDEN): the gap between the cell's score and the winning one where it comes closest.
     The solver's rule for empty cells (:meth:`vegan.ot.solver.NewtonSolver.step`) is built on it.
     """
-    best = hidden_best_scores(y, h, sampling, iteration, hidden_slices(y.shape[0]))
-    return hidden_gaps(y, h, cells, best, sampling, iteration)
+    gap = np.full(len(cells), np.inf)
+    for k in range(hidden_slices(y.shape[0])):  # all targets here: one pass per slice
+        x = hidden_samples(y.shape[1], sampling, iteration, k, y.device)
+        gap = np.minimum(gap, cell_gaps(y, h, cells, x, best_scores(y, h, x, sampling.precision)))
+    return gap
 
 
 def count_slices(
