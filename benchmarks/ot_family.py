@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ot_family.py [--dims 1,2,3,8] [--ns 300,1000] [--ns-1d 300,20000]
         [--tol 0.05] [--budget-iter 300] [--threads 1] [--method auto|sampled] [--json]
+        [--pysdot /work/peers/bin/python]
 
 Cases: every ``d`` in ``--dims`` x codes (``uniform`` in the unit cube, ``gap``: two
 tight clusters at -3 and +3 along every axis, spread 0.1) x weights (``uniform``, and
@@ -22,6 +23,11 @@ The reported error is measured here, independently of the solver:
 * otherwise (d >= 3): i.i.d. uniform points (seed 12345, never used by the solver), as many as
   ``benchmarks/ot_solve.py``'s shared check uses for a noise of ``--check-noise`` on the max.
 
+``--pysdot PYTHON`` also solves every d = 2 and d = 3 case with the peer pysdot (damped Newton on
+exact Laguerre cells, the method of Kitagawa, Merigot and Thibert) in that interpreter
+(``benchmarks/peers/pysdot_solve.py`` says how to set one up), on the same float32 codes in the
+same cube, and scores its potential with the same exact check.
+
 Codes are drawn in float64 and de-duplicated in float32 after scaling (coinciding codes
 cannot be split by any potential; the solver reports them).
 """
@@ -31,7 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +53,7 @@ from vegan.ot.exact3d import cells as cells_3d
 from vegan.ot.solver import noise_z
 
 CHECK_SEED = 12345
+PYSDOT_SCRIPT = Path(__file__).resolve().parent / "peers" / "pysdot_solve.py"
 
 
 def make_case(codes: str, weights: str, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,22 +86,22 @@ def kernel_grid_masses(z: np.ndarray, h: np.ndarray, grid: int) -> np.ndarray:
     return counts.numpy() / grid**2
 
 
-def verify(res, y: np.ndarray, nu: np.ndarray, grid: int, noise: float) -> tuple[dict, str]:
-    z = res.scale_codes(y)
+def verify(z: np.ndarray, h: np.ndarray, nu: np.ndarray, grid: int, noise: float, exact_3d: bool) -> tuple[dict, str]:
+    """Max and L1 cell errors of the potential ``h`` on the scaled codes ``z``, measured here."""
     n, d = z.shape
     extra = {}
     if d == 1:
-        w = interval_masses(z[:, 0], res.h)
+        w = interval_masses(z[:, 0], h)
         how = "exact"
     elif d == 2:
-        w = cells(z.astype(np.float32).astype(np.float64), res.h)[0]
+        w = cells(z.astype(np.float32).astype(np.float64), h)[0]
         how = "exact polygons"
-        extra["grid_max"] = float((np.abs(kernel_grid_masses(z, res.h, grid) - nu) / nu).max())
-    elif res.execution.get("mode") == "exact-3d":
-        w = cells_3d(z.astype(np.float32).astype(np.float64), res.h)[0]
+        extra["grid_max"] = float((np.abs(kernel_grid_masses(z, h, grid) - nu) / nu).max())
+    elif exact_3d:
+        w = cells_3d(z.astype(np.float32).astype(np.float64), h)[0]
         how = "exact polytopes"
     else:
-        yt, ht = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(res.h)
+        yt, ht = torch.from_numpy(z.astype(np.float32)), torch.from_numpy(h)
         counts = torch.zeros(n, dtype=torch.float64)
         q = float(((1 - nu) / nu).max())
         total = int(math.ceil(noise_z(n) ** 2 * q / noise**2))
@@ -103,6 +113,18 @@ def verify(res, y: np.ndarray, nu: np.ndarray, grid: int, noise: float) -> tuple
         w = counts.numpy() / total
     err = np.abs(w - nu)
     return {"max": float((err / nu).max()), "l1": float(err.sum()), "empty": int((w == 0).sum()), **extra}, how
+
+
+def solve_with_pysdot(python: str, z: np.ndarray, nu: np.ndarray, tol: float) -> dict:
+    """pysdot on the float32 codes vegan's kernel scores, in its own interpreter (NumPy < 2)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        case, out = Path(tmp) / "case.npz", Path(tmp) / "out.npz"
+        np.savez(case, z=z.astype(np.float32).astype(np.float64), nu=nu, tol=tol)
+        proc = subprocess.run([python, str(PYSDOT_SCRIPT), str(case), str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pysdot peer failed (rc {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        got = np.load(out)
+        return {k: got[k].item() if got[k].ndim == 0 else got[k] for k in got.files}
 
 
 def main() -> None:
@@ -117,6 +139,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--method", default="auto", choices=["auto", "sampled"], help="OTConfig.method")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--pysdot", metavar="PYTHON", help="interpreter with pysdot 0.2.16 and NumPy < 2 (peer, d = 2, 3)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +153,9 @@ def main() -> None:
                     t0 = time.perf_counter()
                     res = solve(y, nu, tol=args.tol, max_iter=args.budget_iter, progress=False, method=args.method)
                     secs = time.perf_counter() - t0
-                    ver, how = verify(res, y, nu, args.grid, args.check_noise)
+                    z = res.scale_codes(y)
+                    exact_3d = res.execution.get("mode") == "exact-3d"
+                    ver, how = verify(z, res.h, nu, args.grid, args.check_noise, exact_3d)
                     row = {
                         "d": d,
                         "n": n,
@@ -147,6 +172,16 @@ def main() -> None:
                         "grid_max": ver.get("grid_max"),
                         "check": how,
                     }
+                    if args.pysdot and d in (2, 3):
+                        peer = solve_with_pysdot(args.pysdot, z, nu, args.tol)
+                        peer_ver, _ = verify(z, peer["h"], nu, args.grid, args.check_noise, exact_3d=True)
+                        row["pysdot"] = {
+                            "seconds": round(peer["seconds"], 2),
+                            "iterations": peer["iterations"],
+                            "failed": peer["failed"],
+                            "max": peer_ver["max"],
+                            "l1": peer_ver["l1"],
+                        }
                     rows.append(row)
                     print(
                         f"d={d:<4d} n={n:<6d} {codes:8s} w={weights:8s} conv={row['converged']!s:5s} "
@@ -155,6 +190,13 @@ def main() -> None:
                         + (f" kernel grid max {ver['grid_max']:.3g}" if "grid_max" in ver else ""),
                         flush=True,
                     )
+                    if "pysdot" in row:
+                        p = row["pysdot"]
+                        print(
+                            f"    pysdot: it={p['iterations']} {p['seconds']:.2f}s failed={p['failed']} "
+                            f"verified max {p['max']:.3g} l1 {p['l1']:.3g}",
+                            flush=True,
+                        )
     if args.json:
         print(json.dumps(rows))
 
