@@ -2,9 +2,10 @@
 
     /path/to/peer-venv/bin/python benchmarks/peers/pysdot_solve.py CASE.npz OUT.npz
 
-Runs in its own interpreter because pysdot cannot share vegan's: its only binary wheel on the
-registry is 0.2.16 (cp311, manylinux), and it needs NumPy < 2 (under NumPy 2 ``add_box`` overflows
-and the 2-D cells come out wrong). Set one up with::
+Runs in its own interpreter because pysdot cannot share vegan's: the newest release with a
+binary wheel for CPython 3.11 is 0.2.16 (manylinux; 0.2.39 is an sdist without its C++ sources),
+and it needs NumPy < 2 (under NumPy 2 ``add_box`` overflows and the 2-D cells come out wrong).
+Set one up with::
 
     python3 -m venv /work/peers && /work/peers/bin/pip install pysdot==0.2.16 "numpy<2" scipy
 
